@@ -1,0 +1,109 @@
+"""Loading and saving network weights in BasicSR's checkpoint layout.
+
+Accepted inputs: a BasicSR / official checkpoint (``params_ema`` preferred, else ``params``),
+this project's training checkpoint (``ema`` preferred, else ``model``), or a bare state dict.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Mapping
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+# Tried in this order when no key is given: EMA weights are what gets evaluated.
+PREFERRED_KEYS = ("params_ema", "params", "ema", "model")
+
+
+class LoadedWeights(NamedTuple):
+    key: str | None  # the checkpoint entry used; None for a bare state dict
+    missing_keys: list[str]
+    unexpected_keys: list[str]
+
+
+def _first(keys, n: int = 5) -> str:
+    keys = sorted(keys)
+    return ", ".join(keys[:n]) + (f", ... ({len(keys)} in all)" if len(keys) > n else "")
+
+
+def _is_state_dict(obj) -> bool:
+    return isinstance(obj, Mapping) and len(obj) > 0 and all(torch.is_tensor(v) for v in obj.values())
+
+
+def _select(ckpt, key: str | None, source: str) -> tuple[str | None, Mapping]:
+    if not isinstance(ckpt, Mapping):
+        raise ValueError(f"{source}: expected a dict (checkpoint or state dict), got {type(ckpt).__name__}")
+    present = _first(map(str, ckpt.keys()), 10)
+    if key is not None:
+        if not isinstance(ckpt.get(key), Mapping):
+            raise ValueError(f"{source}: no state dict under key {key!r}; keys present: {present}")
+        return key, ckpt[key]
+    for k in PREFERRED_KEYS:
+        if isinstance(ckpt.get(k), Mapping):  # an entry may be None (e.g. training without EMA)
+            return k, ckpt[k]
+    if _is_state_dict(ckpt):
+        return None, ckpt
+    raise ValueError(f"{source}: found no weights (looked for {', '.join(PREFERRED_KEYS)} or a bare "
+                     f"state dict); keys present: {present}")
+
+
+def load_weights(model: nn.Module, path_or_state, key: str | None = None, strict: bool = True) -> LoadedWeights:
+    """Load weights into ``model`` from a file path or an already loaded checkpoint / state dict."""
+    if isinstance(path_or_state, (str, os.PathLike)):
+        source = os.fspath(path_or_state)
+        if not os.path.isfile(source):
+            raise FileNotFoundError(f"checkpoint file not found: {source}")
+        try:
+            ckpt = torch.load(source, map_location="cpu", weights_only=True)
+        except Exception as e:  # weights_only refuses arbitrary pickled objects: say which file
+            raise ValueError(f"could not load checkpoint {source} (torch.load, weights_only=True): {e}") from e
+    else:
+        source, ckpt = "checkpoint", path_or_state
+
+    used, state = _select(ckpt, key, source)
+    # DataParallel / DistributedDataParallel save their keys with a "module." prefix
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    if strict and (missing or unexpected):
+        raise ValueError(f"{source}{f' [{used}]' if used else ''} does not match {type(model).__name__}: "
+                         f"missing keys: {_first(missing) or 'none'}; unexpected keys: {_first(unexpected) or 'none'}")
+    bad_shape = [f"{k} {tuple(state[k].shape)} vs model {tuple(v.shape)}"
+                 for k, v in own.items() if k in state and state[k].shape != v.shape]
+    if bad_shape:  # load_state_dict refuses these even with strict=False
+        raise ValueError(f"{source}: shape mismatch for {len(bad_shape)} keys: {'; '.join(bad_shape[:5])}")
+    model.load_state_dict(state, strict=strict)
+    return LoadedWeights(used, missing, unexpected)
+
+
+def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    model = getattr(model, "module", model)  # unwrap DataParallel / DDP so keys stay BasicSR's
+    return {k: v.detach().cpu() for k, v in model.state_dict().items()}
+
+
+def save_weights(model: nn.Module, path, ema_model: nn.Module | None = None) -> None:
+    """Write ``{"params": ..., "params_ema": ...}`` (BasicSR layout) atomically: a reader never sees
+    a half-written file, even if the process dies mid-save."""
+    path = os.fspath(path)
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    ckpt = {"params": _cpu_state(model)}
+    if ema_model is not None:
+        ckpt["params_ema"] = _cpu_state(ema_model)
+
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(ckpt, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

@@ -1,0 +1,97 @@
+"""RRDBNet (ESRGAN's generator) = BasicSR's ``RRDBNet``, with dropout sites.
+
+Parameter names, construction order and initialisation follow BasicSR (only the dense-block
+convs get the 0.1-scaled kaiming init; the rest keep PyTorch's default), so official
+BasicSR / Real-ESRGAN checkpoints load without renaming.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..dropout import DropoutSitesMixin
+from .srresnet import default_init_weights
+
+
+class ResidualDenseBlock(nn.Module):
+    """Five densely connected convs; the output is scaled by 0.2 and added to the input."""
+
+    def __init__(self, num_feat: int = 64, num_grow_ch: int = 32):
+        super().__init__()
+        self.conv1 = nn.Conv2d(num_feat, num_grow_ch, 3, 1, 1)
+        self.conv2 = nn.Conv2d(num_feat + num_grow_ch, num_grow_ch, 3, 1, 1)
+        self.conv3 = nn.Conv2d(num_feat + 2 * num_grow_ch, num_grow_ch, 3, 1, 1)
+        self.conv4 = nn.Conv2d(num_feat + 3 * num_grow_ch, num_grow_ch, 3, 1, 1)
+        self.conv5 = nn.Conv2d(num_feat + 4 * num_grow_ch, num_feat, 3, 1, 1)
+        self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
+        default_init_weights([self.conv1, self.conv2, self.conv3, self.conv4, self.conv5], 0.1)
+
+    def forward(self, x):
+        x1 = self.lrelu(self.conv1(x))
+        x2 = self.lrelu(self.conv2(torch.cat((x, x1), 1)))
+        x3 = self.lrelu(self.conv3(torch.cat((x, x1, x2), 1)))
+        x4 = self.lrelu(self.conv4(torch.cat((x, x1, x2, x3), 1)))
+        x5 = self.conv5(torch.cat((x, x1, x2, x3, x4), 1))
+        return x5 * 0.2 + x  # residual scaling 0.2 (ESRGAN) keeps the deep trunk stable
+
+
+class RRDB(nn.Module):
+    """Residual in Residual Dense Block: rdb1-rdb2-rdb3-[site]-(*0.2)-+ (the inblock site sits
+    on the residual branch, before the scaling and the add)."""
+
+    def __init__(self, num_feat: int, num_grow_ch: int = 32, site: nn.Module | None = None):
+        super().__init__()
+        self.rdb1 = ResidualDenseBlock(num_feat, num_grow_ch)
+        self.rdb2 = ResidualDenseBlock(num_feat, num_grow_ch)
+        self.rdb3 = ResidualDenseBlock(num_feat, num_grow_ch)
+        self.site = site if site is not None else nn.Identity()  # parameter-free: keys stay BasicSR's
+
+    def forward(self, x):
+        out = self.rdb3(self.rdb2(self.rdb1(x)))
+        return self.site(out) * 0.2 + x
+
+
+class RRDBNet(DropoutSitesMixin, nn.Module):
+    """ESRGAN generator (BasicSR ``RRDBNet``), x4 / x2 / x1 (x2 and x1 pixel-unshuffle the input first).
+
+    Dropout sites (see ``srcore.dropout``): first, inblock<k>, b<k> (k = 1..num_block), up1, up2, hr, last.
+    """
+
+    def __init__(self, num_in_ch: int = 3, num_out_ch: int = 3, num_feat: int = 64, num_block: int = 23,
+                 num_grow_ch: int = 32, upscale: int = 4, dropout_position="none", dropout_p: float = 0.0,
+                 dropout_kind: str = "channel"):
+        super().__init__()
+        if upscale not in (1, 2, 4):
+            raise ValueError(f"RRDBNet upscale={upscale!r} is not supported; allowed: 1, 2, 4")
+        self.upscale = upscale
+        self._init_dropout(dropout_position, dropout_p, dropout_kind, num_block, num_up=2)
+
+        # x2 / x1: trade resolution for channels so the fixed x4 tail gives the right size
+        num_in_ch *= {4: 1, 2: 4, 1: 16}[upscale]
+        self.conv_first = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1)
+        self.body = nn.Sequential(*(RRDB(num_feat, num_grow_ch, site=self.make_site(f"inblock{k}"))
+                                    for k in range(1, num_block + 1)))
+        self.conv_body = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        self.conv_up1 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        self.conv_up2 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        self.conv_hr = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
+        self.conv_last = nn.Conv2d(num_feat, num_out_ch, 3, 1, 1)
+        self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
+        self.sites = self.make_outer_sites()
+
+    def forward(self, x):
+        s = self.sites
+        if self.upscale != 4:
+            x = F.pixel_unshuffle(x, 4 // self.upscale)  # same channel order as BasicSR's pixel_unshuffle
+        feat = s["first"](self.conv_first(x))
+        body = feat
+        for k, block in enumerate(self.body, start=1):
+            body = s[f"b{k}"](block(body))
+        feat = feat + self.conv_body(body)  # long skip over the whole trunk
+
+        feat = s["up1"](self.lrelu(self.conv_up1(F.interpolate(feat, scale_factor=2, mode="nearest"))))
+        feat = s["up2"](self.lrelu(self.conv_up2(F.interpolate(feat, scale_factor=2, mode="nearest"))))
+        feat = s["last"](self.lrelu(self.conv_hr(s["hr"](feat))))
+        return self.conv_last(feat)
