@@ -1,0 +1,115 @@
+"""Images for training and testing.
+
+Two sources: the built-in set (real photographs shipped inside the scikit-image,
+scikit-learn and matplotlib wheels, so everything runs offline) and folders of HR
+images (DIV2K, Set5, Set14, B100, Urban100, Manga109, ...).
+
+Training patches are drawn "counter-based": the patch for sample ``key`` is a pure
+function of ``(seed, key)``. A resumed job therefore sees exactly the batches the
+uninterrupted job would have seen, whatever the number of loader workers.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from srcore.imageio import list_images, read_image
+
+BUILTIN = "builtin"
+
+# name -> loader. The test split holds varied content (a face, an animal, an object
+# and a portrait); the training split the rest. No image is in both.
+_BUILTIN_TRAIN = ("rocket", "china", "flower", "motorcycle_left", "motorcycle_right",
+                  "immunohistochemistry", "hubble_deep_field", "retina")
+_BUILTIN_TEST = ("astronaut", "chelsea", "coffee", "grace_hopper")
+
+
+def _builtin_image(name: str) -> np.ndarray:
+    if name in ("china", "flower"):
+        from sklearn.datasets import load_sample_image
+        return np.ascontiguousarray(load_sample_image(f"{name}.jpg"))
+    if name == "grace_hopper":
+        import matplotlib.cbook
+        with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
+            from PIL import Image
+            return np.asarray(Image.open(f).convert("RGB"))
+    import skimage.data
+    if name.startswith("motorcycle_"):
+        left, right, _ = skimage.data.stereo_motorcycle()
+        return np.ascontiguousarray(left if name.endswith("left") else right)
+    return np.ascontiguousarray(getattr(skimage.data, name)())
+
+
+def builtin_images(split: str) -> list[tuple[str, np.ndarray]]:
+    """The built-in photographs of one split ('train' or 'test') as (name, HxWx3 uint8)."""
+    names = {"train": _BUILTIN_TRAIN, "test": _BUILTIN_TEST}.get(split)
+    if names is None:
+        raise ValueError(f"builtin split {split!r} is unknown; allowed: 'train', 'test'")
+    return [(n, _builtin_image(n)) for n in names]
+
+
+def check_image_source(spec: str) -> None:
+    """Fail early (before any job starts) if a data source cannot be used."""
+    if spec == BUILTIN:
+        return
+    folder = Path(spec)
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"data folder {str(folder)!r} does not exist (expected a folder of HR images, or 'builtin')")
+    list_images(folder)  # raises when the folder holds no images
+
+
+def load_images(spec: str, split: str, max_images: int | None = None) -> list[tuple[str, np.ndarray]]:
+    """All images of a source ('builtin' or a folder) as (name, HxWx3 uint8), sorted by name."""
+    if spec == BUILTIN:
+        images = builtin_images(split)
+    else:
+        paths = list_images(Path(spec))[:max_images]
+        images = [(p.stem, read_image(p)) for p in paths]
+    return images[:max_images]
+
+
+class TrainPatches(Dataset):
+    """Random HR training patches, each a pure function of (seed, key).
+
+    Returns uint8 CHW tensors of ``patch`` x ``patch`` pixels; degradation to LR
+    happens later, on whole batches on the training device.
+    """
+
+    def __init__(self, images: list[tuple[str, np.ndarray]], patch: int, seed: int, hflip: bool = True):
+        if not images:
+            raise ValueError("the training set holds no images")
+        small = [(n, im.shape) for n, im in images if min(im.shape[:2]) < patch]
+        if small:
+            raise ValueError(f"training images smaller than the HR patch ({patch} px): {small[:5]}")
+        self.images = [torch.from_numpy(np.array(im, dtype=np.uint8, copy=True)).permute(2, 0, 1) for _, im in images]
+        self.patch, self.seed, self.hflip = patch, seed, hflip
+
+    def __len__(self) -> int:
+        return 2**62  # keys are unbounded; the sampler decides which ones are drawn
+
+    def __getitem__(self, key: int) -> torch.Tensor:
+        rng = np.random.default_rng([self.seed, key])
+        img = self.images[rng.integers(len(self.images))]
+        _, h, w = img.shape
+        top, left = rng.integers(h - self.patch + 1), rng.integers(w - self.patch + 1)
+        crop = img[:, top:top + self.patch, left:left + self.patch]
+        if self.hflip and rng.random() < 0.5:
+            crop = crop.flip(-1)
+        return crop.contiguous()
+
+
+class KeyRange(Sampler):
+    """Sample keys for iterations ``start+1 .. stop`` (1-based), ``batch_size`` keys each."""
+
+    def __init__(self, start_iteration: int, stop_iteration: int, batch_size: int):
+        self.first, self.last = start_iteration * batch_size, stop_iteration * batch_size
+
+    def __iter__(self):
+        return iter(range(self.first, self.last))
+
+    def __len__(self) -> int:
+        return self.last - self.first

@@ -1,0 +1,135 @@
+"""The training loop: schedule, EMA, determinism and resume after a kill."""
+import math
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from srcore.data import TrainPatches, builtin_images
+from srcore.degradations import Bicubic
+from srcore.models import build_model
+from srcore.schedule import CosineAnnealingRestartLR, ema_update
+from srcore.train import TrainSettings, train
+from tests.conftest import ROOT, TINY, run_sweeper
+
+
+def test_cosine_restart_matches_basicsr_formula():
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.Adam([p], lr=1.0)
+    sched = CosineAnnealingRestartLR(opt, periods=[10, 20], restart_weights=[1, 0.5], eta_min=0.1)
+    lrs = [opt.param_groups[0]["lr"]]
+    for _ in range(30):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    # BasicSR: lr = eta + w * 0.5 * (base - eta) * (1 + cos(pi * (t - restart) / period))
+    assert lrs[0] == pytest.approx(1.0)
+    assert lrs[5] == pytest.approx(0.1 + 0.5 * 0.9 * (1 + math.cos(math.pi * 5 / 10)))
+    assert lrs[10] == pytest.approx(0.1)
+    assert lrs[11] == pytest.approx(0.1 + 0.5 * 0.5 * 0.9 * (1 + math.cos(math.pi * 1 / 20)))
+    assert lrs[30] == pytest.approx(0.1)
+
+
+def test_ema_update_is_the_exponential_average():
+    a, b = torch.nn.Linear(3, 3), torch.nn.Linear(3, 3)
+    expected = [0.9 * pa.detach() + 0.1 * pb.detach() for pa, pb in zip(a.parameters(), b.parameters())]
+    ema_update(a, b, 0.9)
+    for got, want in zip(a.parameters(), expected):
+        torch.testing.assert_close(got.detach(), want)
+
+
+class Crash(Exception):
+    pass
+
+
+def _tiny_run(tmp_path, name, position="none", iterations=12, seed=0, crash_at=None, degrade=Bicubic(4), **kw):
+    torch.manual_seed(seed)
+    model = build_model("srresnet", num_feat=8, num_block=2, dropout_position=position, dropout_p=0.5)
+    patches = TrainPatches(builtin_images("train")[:2], patch=32, seed=seed)
+    cfg = TrainSettings(iterations=iterations, batch_size=2, periods=(6, 6), restart_weights=(1, 0.5),
+                        ema_decay=0.9, seed=seed, log_every=1, val_every=100, ckpt_every=4, **kw)
+
+    def log_metrics(metrics, step):
+        if step == crash_at:
+            raise Crash(step)
+
+    ema = train(model, patches, degrade, cfg, tmp_path / f"{name}.pt", log_metrics=log_metrics)
+    return model, ema
+
+
+def test_training_is_deterministic_and_dropout_changes_it(tmp_path):
+    m1, _ = _tiny_run(tmp_path, "a")
+    m2, _ = _tiny_run(tmp_path, "b")
+    m3, _ = _tiny_run(tmp_path, "c", position="last")
+    for (k, v1), v2, v3 in zip(m1.state_dict().items(), m2.state_dict().values(), m3.state_dict().values()):
+        assert torch.equal(v1, v2), k
+    assert any(not torch.equal(v1, v3) for v1, v3 in zip(m1.state_dict().values(), m3.state_dict().values()))
+
+
+def test_checkpoint_holds_full_state_and_resume_is_bit_identical(tmp_path):
+    full, full_ema = _tiny_run(tmp_path, "full", position="last", iterations=12)
+    # Interrupted: crash at iteration 10 (last checkpoint at 8), then resume in fresh objects.
+    with pytest.raises(Crash):
+        _tiny_run(tmp_path, "part", position="last", iterations=12, crash_at=10)
+    state = torch.load(tmp_path / "part.pt", weights_only=True)
+    assert state["iteration"] == 8
+    assert set(state) == {"iteration", "model", "ema", "optimizer", "scheduler", "rng"}
+    assert set(state["rng"]) == {"python", "numpy", "torch", "cuda", "degradation"}
+    # Scramble the global RNGs: resume must restore them from the checkpoint.
+    random.seed(123), np.random.seed(123), torch.manual_seed(123)
+    resumed, resumed_ema = _tiny_run(tmp_path, "part", position="last", iterations=12, seed=0)
+    for a, b in [(full, resumed), (full_ema, resumed_ema)]:
+        for (k, v1), v2 in zip(a.state_dict().items(), b.state_dict().values()):
+            assert torch.equal(v1, v2), k
+    assert not list(tmp_path.glob(".*tmp*")), "temporary checkpoint files left behind"
+
+
+def test_nan_loss_stops_the_job(tmp_path):
+    with pytest.raises(FloatingPointError, match="loss is nan at iteration 1"):
+        _tiny_run(tmp_path, "nan", degrade=lambda hr, g: Bicubic(4)(hr, g) * float("nan"))
+
+
+def _weights(job_dir):
+    return torch.load(job_dir / "model.pt", weights_only=True)
+
+
+def test_job_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path):
+    """A real job process is killed at a random point after its first checkpoint; the rerun
+    resumes from the checkpoint and ends with bit-identical weights and metrics."""
+    args = TINY + ["train.iterations=400", "train.ckpt_every=25", "train.log_every=50", "train.val_every=400",
+                   "dropout.position=last", "eval.degradations=[clean,noise]"]
+    run_sweeper(args, tmp_path / "a")
+    job_a = next((tmp_path / "a" / "runs").iterdir())
+
+    env = {"SR_OUTPUT_ROOT": str(tmp_path / "b"), "WANDB_MODE": "offline"}
+    proc = subprocess.Popen([sys.executable, "-m", "sweeper", *args], cwd=ROOT,
+                            env={**__import__("os").environ, **env},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((tmp_path / "b").glob("runs/*/checkpoint.pt")):
+        time.sleep(0.01)
+    time.sleep(random.uniform(0.0, 1.0))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    job_b = next((tmp_path / "b" / "runs").iterdir())
+    assert proc.returncode == -signal.SIGKILL
+    assert not (job_b / "results.json").exists(), "the job finished before it could be killed"
+    killed_at = torch.load(job_b / "checkpoint.pt", weights_only=True)["iteration"]
+    assert 25 <= killed_at < 400
+
+    run_sweeper(args, tmp_path / "b")
+    wa, wb = _weights(job_a), _weights(job_b)
+    for key in ("params", "params_ema"):
+        for k in wa[key]:
+            assert torch.equal(wa[key][k], wb[key][k]), f"{key}.{k} differs after resume from {killed_at}"
+    import json
+    ra, rb = (json.loads((j / "results.json").read_text()) for j in (job_a, job_b))
+    assert ra["metrics"] == rb["metrics"]
+    # The rerun resumed the same wandb run: both attempts share one deterministic id.
+    dirs = sorted((job_b / "wandb").glob("offline-run-*"))
+    assert len(dirs) == 2 and len({d.name.rsplit("-", 1)[1] for d in dirs}) == 1
