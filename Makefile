@@ -1,0 +1,41 @@
+# `make demo` and `make test` set everything up on a fresh machine (a .venv here).
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+SWEEP ?=
+export WANDB_ERROR_REPORTING ?= false
+export WANDB_SILENT ?= true
+
+.PHONY: setup demo test test-slow test-all tables clean
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	@echo "installing into $(VENV) (log: $(VENV)/install.log) ..."
+	@$(PY) -m pip install --upgrade pip > $(VENV)/install.log 2>&1 || (tail -30 $(VENV)/install.log; exit 1)
+	@$(PY) -m pip install -c constraints.txt -e '.[test]' >> $(VENV)/install.log 2>&1 || (tail -30 $(VENV)/install.log; exit 1)
+	touch $(STAMP)
+
+# A real mini-study on the built-in photographs: 9 dropout positions, ~1 min each on 2 CPU cores.
+demo: setup
+	$(PY) -m sweeper -m train=demo dropout.p=0.7 \
+	  dropout.position=none,first,b2,middle,up1,hr,last,half,all
+	$(PY) -m analysis.tables outputs/sweeps/dropout.p=0.7__dropout.position=none,first,b2,middle,up1,hr,last,half,all__train=demo
+
+test: setup
+	$(PY) -m pytest -m "not slow" -q
+
+test-slow: setup
+	$(PY) -m pytest -m slow -q
+
+test-all: setup
+	$(PY) -m pytest -q
+
+# Tables of every sweep under outputs/ (or of one: make tables SWEEP=outputs/sweeps/<name>).
+tables: setup
+	$(PY) -m analysis.tables $(if $(SWEEP),$(SWEEP),outputs/sweeps)
+
+clean:
+	rm -rf outputs multirun

@@ -1,0 +1,33 @@
+"""Runs -> one pandas row per run, read from the wandb logs (offline run files; no server).
+
+Columns: ``sweep``, ``sweep_dir``, ``run_id``, ``name``, ``state``, one ``swept.<key>``
+column per override the job was launched with, and one ``test/<set>/<degradation>/<metric>``
+column per final metric.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.wandb_offline import OfflineRun, read_runs
+
+
+def _sweep_dir(run: OfflineRun) -> Path:
+    # <sweep_dir>/<job>/wandb/offline-run-<stamp>-<id>/run-<id>.wandb
+    return run.path.parents[3]
+
+
+def parse_tags(tags: list[str]) -> dict[str, str]:
+    """The job's overrides, stored as wandb tags 'key=value'."""
+    return {f"swept.{k.lstrip('+~')}": v for k, _, v in (t.partition("=") for t in tags) if _}
+
+
+def runs_frame(root: str | Path) -> pd.DataFrame:
+    rows = []
+    for run in read_runs(Path(root)):
+        metrics = {k: v for k, v in run.summary.items() if k.startswith("test/") and isinstance(v, (int, float))}
+        rows.append({"sweep": run.group, "sweep_dir": str(_sweep_dir(run)), "run_id": run.run_id,
+                     "name": run.name, "state": run.state, "runtime": run.runtime,
+                     **parse_tags(run.tags), **metrics})
+    return pd.DataFrame(rows)

@@ -1,0 +1,1 @@
+"""Hydra plugin: the grid sweeper with pre-flight validation (see sweeper.preflight)."""

@@ -1,0 +1,20 @@
+"""`python -m sweeper [-m] key=value ...`: run one job, or a grid with -m."""
+import sys
+
+from sweeper.naming import sweep_name_from_argv
+
+
+def with_sweep_name(argv: list[str]) -> list[str]:
+    """A multirun gets a sweep name derived from its command line unless one is given."""
+    multirun = any(a in ("-m", "--multirun") for a in argv[1:])
+    named = any(a.startswith("sweep_name=") for a in argv[1:])
+    if multirun and not named:
+        return argv + [f"sweep_name='{sweep_name_from_argv(argv[1:])}'"]  # quoted: holds '=' and ','
+    return argv
+
+
+if __name__ == "__main__":
+    sys.argv = with_sweep_name(sys.argv)
+    from sweeper.app import main
+
+    main()

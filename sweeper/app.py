@@ -1,0 +1,20 @@
+"""The Hydra app: one call = one job (Hydra's sweeper and launcher run the grid)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+import sweeper.naming as naming
+from sweeper.job import run_job
+
+CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def main(cfg: DictConfig) -> dict:
+    hc = HydraConfig.get()
+    job_overrides = naming.result_overrides(hc.overrides.task)
+    return run_job(cfg, Path(hc.runtime.output_dir), naming.job_dirname(hc.overrides.task), tags=job_overrides)

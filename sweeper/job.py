@@ -1,0 +1,128 @@
+"""One job's life: validate, train (resuming if a checkpoint exists), evaluate, write
+results atomically, log to wandb. A job whose results exist is skipped."""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from srcore.data import TrainPatches, load_images
+from srcore.degradations import build_degradation
+from srcore.evaluate import evaluate
+from srcore.models import build_model
+from srcore.models.checkpoint import save_weights
+from srcore.train import TrainSettings, resolve_device, train
+from sweeper.naming import run_id
+from sweeper.preflight import validate_config
+
+log = logging.getLogger(__name__)
+
+RESULTS = "results.json"
+CHECKPOINT = "checkpoint.pt"
+WEIGHTS = "model.pt"
+
+
+def write_json_atomic(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def model_from_config(cfg: DictConfig) -> torch.nn.Module:
+    b = OmegaConf.to_container(cfg.backbone, resolve=True)
+    kwargs = {k: v for k, v in b.items() if k not in ("name", "dropout_p")}
+    position = cfg.dropout.position
+    position = list(position) if OmegaConf.is_list(position) else position
+    return build_model(b["name"], upscale=cfg.scale, dropout_position=position,
+                       dropout_p=float(cfg.dropout.p), dropout_kind=cfg.dropout.kind, **kwargs)
+
+
+def train_settings(cfg: DictConfig) -> TrainSettings:
+    t = cfg.train
+    return TrainSettings(
+        iterations=t.iterations, batch_size=t.batch_size, lr=t.lr, betas=tuple(t.betas),
+        weight_decay=t.weight_decay, periods=tuple(t.scheduler.periods),
+        restart_weights=tuple(t.scheduler.restart_weights), eta_min=t.scheduler.eta_min,
+        ema_decay=t.ema_decay, seed=cfg.seed, log_every=t.log_every, val_every=t.val_every,
+        ckpt_every=t.ckpt_every, num_workers=cfg.data.num_workers, device=str(resolve_device(t.device)))
+
+
+def start_wandb(cfg: DictConfig, job_dir: Path, job_name: str, tags: list[str]):
+    os.environ.setdefault("WANDB_ERROR_REPORTING", "false")  # offline must not even look up DNS
+    os.environ.setdefault("WANDB_SILENT", "true")
+    import wandb
+    return wandb.init(
+        project=cfg.logger.project, entity=cfg.logger.entity, mode=cfg.logger.mode,
+        group=cfg.sweep_name or "runs", job_type="train", name=job_name,
+        tags=[t[:64] for t in tags], id=run_id(cfg.sweep_name, job_name), resume="allow",
+        dir=str(job_dir), config=OmegaConf.to_container(cfg, resolve=True),
+        settings=wandb.Settings(console="off", x_disable_stats=True),
+    )
+
+
+def run_job(cfg: DictConfig, job_dir: Path, job_name: str, tags: list[str]) -> dict:
+    job_dir = Path(job_dir)
+    results_path = job_dir / RESULTS
+    if results_path.exists():
+        log.info("%s: finished earlier, skipping (delete %s to rerun)", job_name, results_path)
+        return json.loads(results_path.read_text())["metrics"]
+    validate_config(cfg)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    settings = train_settings(cfg)
+
+    train_images = load_images(cfg.data.train, "train")
+    test_sets = {name: load_images(spec, "test", cfg.eval.max_images) for name, spec in cfg.data.test_sets.items()}
+    patches = TrainPatches(train_images, cfg.train.patch_size * cfg.scale, cfg.seed, cfg.train.hflip)
+    deg = OmegaConf.to_container(cfg.degradation, resolve=True)
+    degrade = build_degradation(deg.pop("name"), cfg.scale, **deg)
+    torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed fixes
+    model = model_from_config(cfg)
+
+    val_images = {cfg.data.val_set: test_sets[cfg.data.val_set][: cfg.data.val_max_images]} if cfg.data.val_set else {}
+
+    def validate(net):
+        _, means = evaluate(net, val_images, ["clean"], cfg.scale, cfg.eval.crop_border, cfg.eval.noise_seed,
+                            settings.device)
+        return {f"val/{k}": v for k, v in means.items()}
+
+    run = start_wandb(cfg, job_dir, job_name, tags)
+    exit_code = 1
+    try:
+        t0 = time.perf_counter()
+        final = train(model, patches, degrade, settings, job_dir / CHECKPOINT,
+                      log_metrics=lambda metrics, step: run.log(metrics, step=step),
+                      validate=validate if val_images else None)
+        train_seconds = time.perf_counter() - t0
+        save_weights(model, job_dir / WEIGHTS, ema_model=final if final is not model else None)
+
+        t0 = time.perf_counter()
+        net = final if cfg.eval.use_ema else model
+        rows, means = evaluate(net, test_sets, list(cfg.eval.degradations), cfg.scale, cfg.eval.crop_border,
+                               cfg.eval.noise_seed, settings.device,
+                               save_dir=job_dir / "images" if cfg.eval.save_images else None)
+        eval_seconds = time.perf_counter() - t0
+
+        metrics = {f"test/{k}": v for k, v in means.items()}
+        run.summary.update({**metrics, "train_seconds": train_seconds, "eval_seconds": eval_seconds})
+        import wandb
+        columns = list(rows[0])
+        run.log({"test/per_image": wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows])})
+        write_json_atomic({"job": job_name, "sweep": cfg.sweep_name, "run_id": run.id, "tags": tags,
+                           "config": OmegaConf.to_container(cfg, resolve=True), "metrics": metrics,
+                           "per_image": rows, "train_seconds": train_seconds, "eval_seconds": eval_seconds},
+                          results_path)
+        exit_code = 0
+        log.info("%s: done (train %.1fs, eval %.1fs)", job_name, train_seconds, eval_seconds)
+        return metrics
+    finally:
+        run.finish(exit_code=exit_code)

@@ -1,0 +1,76 @@
+"""Bad values fail before any job starts, naming the value and what is allowed.
+
+Configs are composed exactly as the CLI composes them."""
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+import sweeper.naming  # noqa: F401  (registers the resolvers the config uses)
+from sweeper.preflight import PreflightError, validate_config
+from tests.conftest import ROOT, TINY, run_sweeper
+
+
+def _cfg(*overrides):
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def test_defaults_and_presets_are_valid():
+    for overrides in [(), ("train=smoke",), ("train=demo",), ("backbone=rrdb",), ("degradation=bicubic",),
+                      ("dropout.position=[b4,last]",), ("dropout.kind=element",), ("dropout.position=none",)]:
+        validate_config(_cfg(*overrides))
+
+
+def test_paper_defaults():
+    cfg = _cfg()
+    assert (cfg.backbone.name, cfg.backbone.num_feat, cfg.backbone.num_block) == ("srresnet", 64, 16)
+    assert (cfg.dropout.position, cfg.dropout.kind, cfg.dropout.p) == ("last", "channel", 0.7)
+    assert _cfg("backbone=rrdb").dropout.p == 0.5
+    t = cfg.train
+    assert (t.iterations, t.batch_size, t.patch_size, t.lr, list(t.betas), t.ema_decay) == \
+        (500000, 16, 32, 2e-4, [0.9, 0.99], 0.999)
+    assert sum(t.scheduler.periods) == t.iterations and cfg.scale == 4 and cfg.eval.crop_border == 4
+    assert len(cfg.eval.degradations) == 8 and cfg.logger.mode == "offline"
+
+
+@pytest.mark.parametrize("override, message", [
+    ("dropout.p=1.5", r"1\.5.*\[0, 1\)"),
+    ("dropout.p=1.0", r"1\.0.*\[0, 1\)"),
+    ("dropout.position=b99", r"b99.*b1\.\.b16"),
+    ("dropout.position=foo", r"foo.*none, first"),
+    ("dropout.kind=spatial", r"spatial.*channel, element"),
+    ("data.train=/nonexistent/DIV2K", r"/nonexistent/DIV2K"),
+    ("+data.test_sets.Set5=/nonexistent/Set5", r"data.test_sets.Set5.*/nonexistent/Set5"),
+    ("eval.degradations=[clean,fog]", r"fog.*clean, blur, noise, jpeg"),
+    ("logger.mode=cloud", r"cloud.*offline, online, disabled"),
+    ("train.device=tpu", r"tpu.*auto, cpu, cuda"),
+    ("train.iterations=0", r"train.iterations=0"),
+])
+def test_bad_values_are_named(override, message):
+    with pytest.raises(PreflightError, match=message):
+        validate_config(_cfg(override))
+
+
+def test_bad_multirun_launches_nothing(tmp_path):
+    proc = run_sweeper(["-m", *TINY, "dropout.p=0.1,1.5", "dropout.position=last,b99"], tmp_path, check=False)
+    assert proc.returncode != 0
+    err = proc.stderr + proc.stdout
+    assert "3 of 4 jobs have invalid settings; nothing was launched" in err
+    assert "dropout.p=1.5" in err and "b99" in err
+    assert not list(tmp_path.glob("sweeps/*/*/results.json"))
+    assert not list(tmp_path.glob("sweeps/*/*/wandb"))
+
+
+def test_unknown_backbone_lists_the_choices(tmp_path):
+    proc = run_sweeper(["-m", "backbone=foo", "dropout.p=0.1,0.5"], tmp_path, check=False)
+    assert proc.returncode != 0
+    err = proc.stderr + proc.stdout
+    assert "backbone/foo" in err and "rrdb" in err and "srresnet" in err
+    assert not Path(tmp_path / "sweeps").exists()
+
+
+def test_missing_data_folder_fails_single_run_before_work(tmp_path):
+    proc = run_sweeper([*TINY, "data.train=/nonexistent/HR"], tmp_path, check=False)
+    assert proc.returncode != 0 and "/nonexistent/HR" in proc.stderr + proc.stdout
+    assert not list(tmp_path.glob("runs/*/wandb"))
