@@ -25,7 +25,7 @@ def parse_tags(tags: list[str]) -> dict[str, str]:
 
 def runs_frame(root: str | Path) -> pd.DataFrame:
     rows = []
-    for run in read_runs(Path(root)):
+    for run in read_runs(Path(root), history=False, skip_corrupt=True):
         metrics = {k: v for k, v in run.summary.items() if k.startswith("test/") and isinstance(v, (int, float))}
         rows.append({"sweep": run.group, "sweep_dir": str(_sweep_dir(run)), "run_id": run.run_id,
                      "name": run.name, "state": run.state, "runtime": run.runtime,

@@ -26,14 +26,15 @@ def ablation_table(runs: pd.DataFrame, metric: str = "psnr") -> pd.DataFrame:
             .melt(id_vars=varying, value_vars=cols, var_name="key", value_name=metric))
     long[["set", "degradation"]] = long["key"].str.split("/", expand=True)[[1, 2]]
     table = long.pivot_table(index=varying, columns=["set", "degradation"], values=metric, aggfunc="mean")
-    # Every launched setting gets a row, even if it has no finished run.
+    # Every launched setting gets a row, even if it has no finished run; rows keep the
+    # order the jobs were launched in (runs arrive sorted by start time).
     index = runs[varying].drop_duplicates().set_index(varying).index if varying else table.index
     table = table.reindex(index)
     order = [d for d in TEST_DEGRADATIONS if d in set(table.columns.get_level_values(1))]
     sets = list(dict.fromkeys(table.columns.get_level_values(0)))
     table = table.reindex(columns=pd.MultiIndex.from_product([sets, order], names=["set", "degradation"]))
     table.index.names = [n.removeprefix("swept.") for n in table.index.names]
-    return table.sort_index()
+    return table
 
 
 def to_markdown(table: pd.DataFrame, title: str) -> str:

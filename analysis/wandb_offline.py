@@ -75,6 +75,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import warnings
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -353,15 +354,25 @@ def find_run_files(root) -> list[Path]:
     return sorted(found)
 
 
-def read_runs(root, dedupe: bool = True, history: bool = True) -> list[OfflineRun]:
+def read_runs(root, dedupe: bool = True, history: bool = True, skip_corrupt: bool = False) -> list[OfflineRun]:
     """Parse every run under ``root``, ordered by start time.
+
+    With ``skip_corrupt``, a corrupt file is reported with a warning and left out
+    instead of aborting the whole read.
 
     With ``dedupe``, keep one run per run id: the latest start_time, then the
     latest directory (``offline-run-<timestamp>-<id>[-<n>]``, see _recency).  A
     resumed/requeued offline job is a separate, independent directory (see the
     module docstring), so the latest one is the job's final state.
     """
-    runs = [read_run(p, history=history) for p in find_run_files(root)]
+    runs = []
+    for path in find_run_files(root):
+        try:
+            runs.append(read_run(path, history=history))
+        except WandbFileError as e:
+            if not skip_corrupt:
+                raise
+            warnings.warn(f"skipping corrupt wandb run file: {e}", stacklevel=2)
     if dedupe:
         latest: dict[str, OfflineRun] = {}
         for r in runs:

@@ -294,3 +294,19 @@ def test_matches_wandb_leet_inspect(root, sub):
     assert run.exit_code == leet["exit_code"]
     if sub == "main":
         assert leet["state"] == run.state == "finished"
+
+
+
+def test_read_runs_can_skip_a_corrupt_file(root, tmp_path):
+    """One damaged file must not hide every other run from the tables."""
+    good = tmp_path / "good" / "run-main1.wandb"
+    good.parent.mkdir()
+    shutil.copy(find_run_files(root / "main")[0], good)
+    bad = tmp_path / "bad" / "run-bad.wandb"
+    bad.parent.mkdir()
+    bad.write_bytes(b"not a wandb file at all")
+    with pytest.raises(WandbFileError):
+        read_runs(tmp_path)
+    with pytest.warns(UserWarning, match="run-bad.wandb"):
+        runs = read_runs(tmp_path, skip_corrupt=True)
+    assert [r.path for r in runs] == [good]
