@@ -22,6 +22,7 @@ import skimage.data
 from PIL import Image
 from scipy.ndimage import convolve1d
 
+from tests.conftest import SHARED_DATA
 from srcore.eval_degradations import (
     TEST_DEGRADATIONS,
     make_test_lr,
@@ -32,7 +33,7 @@ from srcore.eval_degradations import (
 from srcore.imageio import ImageReadError, list_images, read_image, write_image
 from srcore.metrics import psnr
 
-SET5 = Path("/work/shared/data/Set5")
+SET5 = SHARED_DATA / "Set5"
 
 
 # ----------------------------------------------------------------- fixtures
