@@ -72,20 +72,28 @@ def load_images(spec: str, split: str, max_images: int | None = None) -> list[tu
     return images[:max_images]
 
 
+def pad_to(img: np.ndarray, size: int) -> np.ndarray:
+    """Reflect-pad (reflect-101, bottom/right) an image smaller than ``size``, as BasicSR's
+    Real-ESRGAN dataset does before its random crop."""
+    h, w = img.shape[:2]
+    if h >= size and w >= size:
+        return img
+    return np.pad(img, ((0, max(0, size - h)), (0, max(0, size - w)), (0, 0)), mode="reflect")
+
+
 class TrainPatches(Dataset):
     """Random HR training patches, each a pure function of (seed, key).
 
-    Returns uint8 CHW tensors of ``patch`` x ``patch`` pixels; degradation to LR
-    happens later, on whole batches on the training device.
+    Returns uint8 CHW tensors of ``patch`` x ``patch`` pixels (images smaller than
+    that are reflect-padded first); degradation to LR happens later, on whole
+    batches on the training device.
     """
 
     def __init__(self, images: list[tuple[str, np.ndarray]], patch: int, seed: int, hflip: bool = True):
         if not images:
             raise ValueError("the training set holds no images")
-        small = [(n, im.shape) for n, im in images if min(im.shape[:2]) < patch]
-        if small:
-            raise ValueError(f"training images smaller than the HR patch ({patch} px): {small[:5]}")
-        self.images = [torch.from_numpy(np.array(im, dtype=np.uint8, copy=True)).permute(2, 0, 1) for _, im in images]
+        self.images = [torch.from_numpy(np.array(pad_to(im, patch), dtype=np.uint8)).permute(2, 0, 1)
+                       for _, im in images]
         self.patch, self.seed, self.hflip = patch, seed, hflip
 
     def __len__(self) -> int:

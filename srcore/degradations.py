@@ -1,9 +1,11 @@
 """Training degradations: HR batch -> LR batch, on the training device.
 
-Each degradation is a callable ``(hr, generator) -> lr`` on float batches (N, 3, H, W)
-in [0, 1]; every random draw comes from the given ``torch.Generator``, so a job that
-restores the generator's state continues the same stream. LR images are clamped to
-[0, 1] and rounded to 8-bit levels, like the images a model sees at test time.
+Each degradation is a callable ``(hr, generator) -> (hr_target, lr)`` on float batches
+(N, 3, H, W) in [0, 1]; ``hr_target`` is what the network is trained to produce (the
+input HR, or e.g. its sharpened and cropped version). Every random draw comes from the
+given ``torch.Generator``, so a job that restores the generator's state continues the
+same stream. LR images are clamped to [0, 1] and rounded to 8-bit levels, like the
+images a model sees at test time.
 """
 from __future__ import annotations
 
@@ -16,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-DEGRADATIONS = ("bicubic", "multi")
+DEGRADATIONS = ("realesrgan", "bicubic", "multi")
 
 
 def quantize(x: torch.Tensor) -> torch.Tensor:
@@ -62,6 +64,24 @@ def jpeg_per_sample(x: torch.Tensor, qualities: Sequence[int | None]) -> torch.T
     return out
 
 
+def paired_random_crop(hr: torch.Tensor, lr: torch.Tensor, gt_patch: int | None, scale: int,
+                       g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut aligned patches (HR ``gt_patch``, LR ``gt_patch // scale``) at a random place per sample."""
+    lr_patch = None if gt_patch is None else gt_patch // scale
+    h, w = lr.shape[-2:]
+    if lr_patch is None or (h == lr_patch and w == lr_patch):
+        return hr, lr
+    if h < lr_patch or w < lr_patch:
+        raise ValueError(f"LR {h}x{w} is smaller than the LR patch {lr_patch}")
+    n = lr.shape[0]
+    tops = torch.randint(0, h - lr_patch + 1, (n,), generator=g, device=g.device).tolist()
+    lefts = torch.randint(0, w - lr_patch + 1, (n,), generator=g, device=g.device).tolist()
+    lr_out = torch.stack([lr[i, :, t:t + lr_patch, l:l + lr_patch] for i, (t, l) in enumerate(zip(tops, lefts))])
+    hr_out = torch.stack([hr[i, :, t * scale:(t + lr_patch) * scale, l * scale:(l + lr_patch) * scale]
+                          for i, (t, l) in enumerate(zip(tops, lefts))])
+    return hr_out, lr_out
+
+
 def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
     return lo + (hi - lo) * torch.rand(n, generator=g, device=g.device)
 
@@ -69,11 +89,11 @@ def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:
 class Bicubic:
     """The single-degradation control: bicubic x scale."""
 
-    def __init__(self, scale: int):
-        self.scale = scale
+    def __init__(self, scale: int, gt_patch: int | None = None):
+        self.scale, self.gt_patch = scale, gt_patch
 
-    def __call__(self, hr: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        return quantize(bicubic_down(hr, self.scale))
+    def __call__(self, hr: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        return paired_random_crop(hr, quantize(bicubic_down(hr, self.scale)), self.gt_patch, self.scale, g)
 
 
 class SimpleMulti:
@@ -81,13 +101,14 @@ class SimpleMulti:
     and a strength drawn uniformly from its range."""
 
     def __init__(self, scale: int, blur_prob: float, blur_sigma: Sequence[float], noise_prob: float,
-                 noise_sigma: Sequence[float], jpeg_prob: float, jpeg_quality: Sequence[int]):
-        self.scale = scale
+                 noise_sigma: Sequence[float], jpeg_prob: float, jpeg_quality: Sequence[int],
+                 gt_patch: int | None = None):
+        self.scale, self.gt_patch = scale, gt_patch
         self.blur_prob, self.blur_sigma = blur_prob, tuple(blur_sigma)
         self.noise_prob, self.noise_sigma = noise_prob, tuple(noise_sigma)
         self.jpeg_prob, self.jpeg_quality = jpeg_prob, tuple(jpeg_quality)
 
-    def __call__(self, hr: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def __call__(self, hr: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         n = hr.shape[0]
         # Draw every parameter up front, whether used or not, so the stream's length per
         # batch is fixed: a change of probabilities does not shift later draws.
@@ -108,15 +129,22 @@ class SimpleMulti:
         x = quantize(x + noise * scale)
         if jpeg_on.any():
             x = jpeg_per_sample(x, [int(q) if on else None for q, on in zip(quality.tolist(), jpeg_on.tolist())])
-        return quantize(x)
+        return paired_random_crop(hr, quantize(x), self.gt_patch, self.scale, g)
 
 
-def build_degradation(name: str, scale: int, **params):
-    """A training degradation by name; unknown names fail with the allowed ones."""
+def build_degradation(name: str, scale: int, gt_patch: int | None = None, **params):
+    """A training degradation by name; unknown names fail with the allowed ones.
+
+    ``gt_patch`` is the HR training patch size; pipelines that degrade larger crops
+    (realesrgan) cut paired patches of that size afterwards.
+    """
+    if name == "realesrgan":
+        from srcore.realesrgan import RealESRGANDegradation
+        return RealESRGANDegradation(scale=scale, gt_patch=gt_patch, **params)
     if name == "bicubic":
-        return Bicubic(scale)
+        return Bicubic(scale, gt_patch)
     if name == "multi":
-        return SimpleMulti(scale, **params)
+        return SimpleMulti(scale, gt_patch=gt_patch, **params)
     raise ValueError(f"degradation={name!r} is unknown; allowed: {', '.join(DEGRADATIONS)}")
 
 

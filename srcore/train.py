@@ -90,7 +90,7 @@ def _restore_rng_states(states: dict, gen: torch.Generator) -> None:
 def train(
     model: torch.nn.Module,
     patches: TrainPatches,
-    degrade: Callable[[torch.Tensor, torch.Generator], torch.Tensor],
+    degrade: Callable[[torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]],
     cfg: TrainSettings,
     checkpoint: Path,
     log_metrics: Callable[[dict, int], None] = lambda metrics, step: None,
@@ -135,7 +135,7 @@ def train(
     t0, seen = time.perf_counter(), 0
     for iteration, hr_uint8 in enumerate(loader, start=start + 1):
         hr = hr_uint8.to(device, non_blocking=True).float().div_(255)
-        lr_img = degrade(hr, gen)
+        hr, lr_img = degrade(hr, gen)
         loss = F.l1_loss(model(lr_img), hr)
         opt.zero_grad(set_to_none=True)
         loss.backward()

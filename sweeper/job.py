@@ -45,6 +45,18 @@ def model_from_config(cfg: DictConfig) -> torch.nn.Module:
                        dropout_p=float(cfg.dropout.p), dropout_kind=cfg.dropout.kind, **kwargs)
 
 
+def gt_crop_size(cfg: DictConfig) -> int:
+    """Size of the HR crops fed to the degradation: its own ``gt_size`` (the paper's 400,
+    paired-cropped afterwards) or exactly one training patch."""
+    return cfg.degradation.get("gt_size") or cfg.train.patch_size * cfg.scale
+
+
+def degradation_from_config(cfg: DictConfig):
+    params = OmegaConf.to_container(cfg.degradation, resolve=True)
+    params.pop("gt_size", None)
+    return build_degradation(params.pop("name"), cfg.scale, gt_patch=cfg.train.patch_size * cfg.scale, **params)
+
+
 def train_settings(cfg: DictConfig) -> TrainSettings:
     t = cfg.train
     return TrainSettings(
@@ -82,9 +94,8 @@ def run_job(cfg: DictConfig, job_dir: Path, job_name: str, tags: list[str]) -> d
 
     train_images = load_images(cfg.data.train, "train")
     test_sets = {name: load_images(spec, "test", cfg.eval.max_images) for name, spec in cfg.data.test_sets.items()}
-    patches = TrainPatches(train_images, cfg.train.patch_size * cfg.scale, cfg.seed, cfg.train.hflip)
-    deg = OmegaConf.to_container(cfg.degradation, resolve=True)
-    degrade = build_degradation(deg.pop("name"), cfg.scale, **deg)
+    patches = TrainPatches(train_images, gt_crop_size(cfg), cfg.seed, cfg.train.hflip)
+    degrade = degradation_from_config(cfg)
     torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed fixes
     model = model_from_config(cfg)
 

@@ -52,7 +52,16 @@ def _validate(cfg: DictConfig) -> None:
     deg = OmegaConf.to_container(cfg.degradation, resolve=True)
     if deg["name"] not in DEGRADATIONS:
         raise PreflightError(f"degradation={deg['name']!r} is unknown; allowed: {', '.join(DEGRADATIONS)}")
-    check_ranges({k: v for k, v in deg.items() if k != "name"})
+    params = {k: v for k, v in deg.items() if k not in ("name", "gt_size")}
+    if deg["name"] == "realesrgan":
+        from srcore.realesrgan import validate_params
+        validate_params(**params)
+    else:
+        check_ranges(params)
+    gt_size = deg.get("gt_size")
+    if gt_size is not None and (not isinstance(gt_size, int) or gt_size < cfg.train.patch_size * cfg.scale):
+        raise PreflightError(f"degradation.gt_size={gt_size!r} must be an integer >= the HR patch "
+                             f"(train.patch_size * scale = {cfg.train.patch_size * cfg.scale})")
 
     t = cfg.train
     for key in ("iterations", "batch_size", "patch_size", "log_every", "val_every", "ckpt_every"):

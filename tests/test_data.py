@@ -40,6 +40,15 @@ def test_patches_come_from_the_images_with_flips():
     assert 5 < flips < 35
 
 
+def test_small_images_are_reflect_padded_to_the_patch():
+    img = np.arange(20 * 30 * 3, dtype=np.uint8).reshape(20, 30, 3)
+    p = TrainPatches([("small", img)], 32, seed=0, hflip=False)[0].permute(1, 2, 0).numpy()
+    assert p.shape == (32, 32, 3)
+    # reflect-101 continuation below row 19: row 20 mirrors row 18
+    padded = np.pad(img, ((0, 12), (0, 2), (0, 0)), mode="reflect")
+    assert any((padded[:, l:l + 32] == p).all() for l in range(1))
+
+
 def test_folder_source_errors_name_the_problem(tmp_path):
     with pytest.raises(FileNotFoundError, match="nope"):
         check_image_source(str(tmp_path / "nope"))

@@ -91,7 +91,7 @@ def test_checkpoint_holds_full_state_and_resume_is_bit_identical(tmp_path):
 
 def test_nan_loss_stops_the_job(tmp_path):
     with pytest.raises(FloatingPointError, match="loss is nan at iteration 1"):
-        _tiny_run(tmp_path, "nan", degrade=lambda hr, g: Bicubic(4)(hr, g) * float("nan"))
+        _tiny_run(tmp_path, "nan", degrade=lambda hr, g: (hr, Bicubic(4)(hr, g)[1] * float("nan")))
 
 
 def _weights(job_dir):
