@@ -1,0 +1,380 @@
+"""Batched random blur kernels (Real-ESRGAN / BasicSR formulas) and per-sample filtering.
+
+All kernels are built on a ``pad_to`` x ``pad_to`` grid (21 by default) centred on the middle
+pixel; a kernel of odd ``size`` < ``pad_to`` is zero outside its central ``size`` x ``size``
+window, which is exactly BasicSR's "generate at ``size`` then zero-pad to 21". Every kernel is
+normalised to sum 1. Coordinates follow BasicSR's ``mesh_grid``: ``x`` is the column offset
+(to the right), ``y`` the row offset (down).
+
+Kernel types (``KERNEL_TYPES``), with covariance ``S = R(theta) diag(sx^2, sy^2) R(theta)^T``
+and ``Q = [x y] S^-1 [x y]^T``:
+
+* ``iso`` / ``aniso``: Gaussian ``exp(-Q / 2)`` (iso: ``sy = sx``, ``theta = 0``);
+* ``generalized_iso`` / ``generalized_aniso``: ``exp(-0.5 * Q**beta)``;
+* ``plateau_iso`` / ``plateau_aniso``: ``1 / (1 + Q**beta)``;
+* sinc (circular low-pass with cut-off ``omega`` rad/pixel):
+  ``omega * J1(omega r) / (2 pi r)``, centre value ``omega^2 / (4 pi)`` (the limit at r = 0).
+
+Random draws come from a ``torch.Generator`` on that generator's device. Every parameter is drawn
+for every sample whether it is used or not, so a call always consumes the same amount of the
+stream for a given ``n`` (changing a probability never shifts later draws).
+
+Filtering (``filter2d``, ``sep_filter2d``) correlates sample i with kernel i with reflect-101
+borders (OpenCV's default, PyTorch's ``reflect`` padding), i.e. BasicSR's ``filter2D``. On CPU it
+calls OpenCV per image plane, spread over ``torch.get_num_threads()`` worker threads, with
+each kernel cropped to its non-zero support and separable kernels applied as two 1-D passes
+(measured on 2 cores, 16x3x400x400 with 21x21 kernels: ~0.05 s, against ~0.25 s for a
+grouped convolution and ~0.35 s for an FFT convolution in PyTorch); elsewhere (CUDA) it is one
+grouped convolution. Both give the same result up to float rounding (tested).
+"""
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+KERNEL_TYPES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
+KERNEL_SIZES = tuple(range(7, 22, 2))
+PAPER_KERNEL_PROB = (0.45, 0.25, 0.12, 0.03, 0.12, 0.03)
+
+
+# --------------------------------------------------------------------------------------------
+# deterministic kernel formulas (batched over the leading dimension)
+# --------------------------------------------------------------------------------------------
+def mesh(size: int, device=None, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """(xx, yy): column and row offsets from the centre of an odd ``size`` grid, each (size, size)."""
+    ax = torch.arange(size, device=device, dtype=dtype) - (size // 2)
+    yy, xx = torch.meshgrid(ax, ax, indexing="ij")
+    return xx, yy
+
+
+def _as_vec(v, ref: torch.Tensor | None = None) -> torch.Tensor:
+    t = torch.as_tensor(v, dtype=torch.float32, device=None if ref is None else ref.device)
+    return t.reshape(-1)
+
+
+def quadratic_form(sigma_x, sigma_y, theta, size: int = 21) -> torch.Tensor:
+    """Q = x^T S^-1 x on the grid for S = R(theta) diag(sx^2, sy^2) R(theta)^T: (n, size, size)."""
+    sx = _as_vec(sigma_x)
+    sy, th = _as_vec(sigma_y, sx), _as_vec(theta, sx)
+    sx, sy, th = torch.broadcast_tensors(sx, sy, th)
+    xx, yy = mesh(size, sx.device, torch.float64)
+    sx, sy, th = (t.double()[:, None, None] for t in (sx, sy, th))
+    c, s = torch.cos(th), torch.sin(th)
+    # coordinates in the kernel's principal frame: R^T [x, y]
+    u = c * xx + s * yy
+    v = -s * xx + c * yy
+    return (u / sx) ** 2 + (v / sy) ** 2
+
+
+def _size_mask(size, pad_to: int, device) -> torch.Tensor:
+    """(n, pad_to, pad_to) boolean: inside the central size x size window."""
+    size = torch.as_tensor(size, device=device).reshape(-1)
+    xx, yy = mesh(pad_to, device, torch.float32)
+    half = (size // 2).to(torch.float32)[:, None, None]
+    return (xx.abs() <= half) & (yy.abs() <= half)
+
+
+def _finish(k: torch.Tensor, size, pad_to: int) -> torch.Tensor:
+    if size is not None:
+        k = k * _size_mask(size, pad_to, k.device)
+    return (k / k.sum(dim=(-2, -1), keepdim=True)).to(torch.float32)
+
+
+def bivariate_gaussian(sigma_x, sigma_y, theta, size=None, pad_to: int = 21) -> torch.Tensor:
+    """Normalised Gaussian kernels exp(-Q/2), (n, pad_to, pad_to); ``size`` (int or (n,)) odd window."""
+    return _finish(torch.exp(-0.5 * quadratic_form(sigma_x, sigma_y, theta, pad_to)), size, pad_to)
+
+
+def bivariate_generalized_gaussian(sigma_x, sigma_y, theta, beta, size=None, pad_to: int = 21) -> torch.Tensor:
+    """Normalised generalized Gaussian kernels exp(-0.5 Q^beta) (beta = 1: Gaussian)."""
+    q = quadratic_form(sigma_x, sigma_y, theta, pad_to)
+    b = _as_vec(beta, q).double()[:, None, None]
+    return _finish(torch.exp(-0.5 * q.pow(b)), size, pad_to)
+
+
+def bivariate_plateau(sigma_x, sigma_y, theta, beta, size=None, pad_to: int = 21) -> torch.Tensor:
+    """Normalised plateau kernels 1 / (1 + Q^beta)."""
+    q = quadratic_form(sigma_x, sigma_y, theta, pad_to)
+    b = _as_vec(beta, q).double()[:, None, None]
+    return _finish(1.0 / (1.0 + q.pow(b)), size, pad_to)
+
+
+def sinc_kernels(cutoff, size=21, pad_to: int | None = None) -> torch.Tensor:
+    """Circular low-pass (2-D sinc) kernels with cut-off ``cutoff`` (rad/pixel, (n,) or scalar),
+    ``size`` odd (int or (n,)), zero-padded to ``pad_to`` (default: max size): (n, pad_to, pad_to)."""
+    w = _as_vec(cutoff).double()
+    size_t = torch.as_tensor(size, device=w.device).reshape(-1)
+    if pad_to is None:
+        pad_to = int(size_t.max())
+    if pad_to % 2 == 0 or int(size_t.max()) > pad_to:
+        raise ValueError(f"pad_to={pad_to} must be odd and >= every kernel size")
+    xx, yy = mesh(pad_to, w.device, torch.float64)
+    r = torch.sqrt(xx**2 + yy**2)
+    w = w[:, None, None]
+    r_safe = torch.where(r == 0, torch.ones_like(r), r)
+    k = w * torch.special.bessel_j1(w * r_safe) / (2 * math.pi * r_safe)
+    k = torch.where(r == 0, w**2 / (4 * math.pi), k)
+    return _finish(k, size_t.expand(w.shape[0]), pad_to)
+
+
+def pulse_kernels(n: int, pad_to: int = 21, device=None) -> torch.Tensor:
+    """Identity kernels (a 1 in the centre): (n, pad_to, pad_to)."""
+    k = torch.zeros(n, pad_to, pad_to, device=device)
+    k[:, pad_to // 2, pad_to // 2] = 1
+    return k
+
+
+# --------------------------------------------------------------------------------------------
+# random parameters and kernels
+# --------------------------------------------------------------------------------------------
+def _rand(n: int, g: torch.Generator) -> torch.Tensor:
+    return torch.rand(n, generator=g, device=g.device, dtype=torch.float64)
+
+
+def _choice(u: torch.Tensor, probs: Sequence[float]) -> torch.Tensor:
+    """Index i with probability probs[i], from uniforms u (inverse CDF)."""
+    p = torch.tensor([float(x) for x in probs], dtype=torch.float64, device=u.device)
+    cdf = torch.cumsum(p / p.sum(), 0)
+    return torch.searchsorted(cdf, u.contiguous(), right=True).clamp_max(len(probs) - 1)
+
+
+def _beta_from(u_branch: torch.Tensor, u_val: torch.Tensor, beta_range: Sequence[float]) -> torch.Tensor:
+    """BasicSR's shape draw: with prob 1/2 U[lo, min(1, hi)], else U[max(1, lo), hi]."""
+    lo, hi = float(beta_range[0]), float(beta_range[1])
+    lo_a, hi_a = lo, min(1.0, hi)
+    lo_b, hi_b = max(1.0, lo), hi
+    if hi_a < lo_a:  # range entirely above 1
+        lo_a, hi_a = lo_b, hi_b
+    if hi_b < lo_b:  # range entirely below 1
+        lo_b, hi_b = lo_a, hi_a
+    a = lo_a + (hi_a - lo_a) * u_val
+    b = lo_b + (hi_b - lo_b) * u_val
+    return torch.where(u_branch < 0.5, a, b)
+
+
+def sample_kernel_params(n: int, g: torch.Generator, kernel_list: Sequence[str] = KERNEL_TYPES,
+                         kernel_prob: Sequence[float] = PAPER_KERNEL_PROB, sigma_range=(0.2, 3.0),
+                         rotation_range=(-math.pi, math.pi), betag_range=(0.5, 4.0), betap_range=(1.0, 2.0),
+                         sinc_prob: float = 0.0, sizes: Sequence[int] = KERNEL_SIZES) -> dict:
+    """Per-sample parameters of Real-ESRGAN's random blur kernels, on ``g.device``.
+
+    Returns a dict of (n,) tensors: ``type`` (index into ``KERNEL_TYPES``), ``size`` (odd),
+    ``sigma_x``, ``sigma_y``, ``theta``, ``beta`` (1 for the Gaussian types), ``sinc`` (bool: a
+    circular low-pass kernel replaces the mixed kernel) and ``omega`` (its cut-off, U[pi/3, pi]
+    for size < 13 else U[pi/5, pi]). Isotropic types have ``sigma_y = sigma_x`` and ``theta = 0``.
+    """
+    unknown = [k for k in kernel_list if k not in KERNEL_TYPES]
+    if unknown or len(kernel_list) != len(kernel_prob):
+        raise ValueError(f"kernel_list={list(kernel_list)} / kernel_prob={list(kernel_prob)}: "
+                         f"names must be in {KERNEL_TYPES} and the lengths must match")
+    u = torch.rand(n, 9, generator=g, device=g.device, dtype=torch.float64).unbind(1)
+    type_idx = torch.tensor([KERNEL_TYPES.index(k) for k in kernel_list], device=g.device)
+    kind = type_idx[_choice(u[0], kernel_prob)]
+    sizes_t = torch.tensor([int(s) for s in sizes], device=g.device)
+    size = sizes_t[(u[1] * len(sizes)).long().clamp_max(len(sizes) - 1)]
+    lo, hi = float(sigma_range[0]), float(sigma_range[1])
+    sx = lo + (hi - lo) * u[2]
+    sy = lo + (hi - lo) * u[3]
+    theta = float(rotation_range[0]) + (float(rotation_range[1]) - float(rotation_range[0])) * u[4]
+    iso = (kind == 0) | (kind == 2) | (kind == 4)
+    sy = torch.where(iso, sx, sy)
+    theta = torch.where(iso, torch.zeros_like(theta), theta)
+    beta_g = _beta_from(u[5], u[6], betag_range)
+    beta_p = _beta_from(u[5], u[6], betap_range)
+    beta = torch.where(kind >= 4, beta_p, torch.where(kind >= 2, beta_g, torch.ones_like(beta_g)))
+    sinc = u[7] < sinc_prob
+    omega_lo = torch.where(size < 13, torch.full_like(u[8], math.pi / 3), torch.full_like(u[8], math.pi / 5))
+    omega = omega_lo + (math.pi - omega_lo) * u[8]
+    return {"type": kind, "size": size, "sigma_x": sx.float(), "sigma_y": sy.float(), "theta": theta.float(),
+            "beta": beta.float(), "sinc": sinc, "omega": omega.float()}
+
+
+def kernels_from_params(p: dict, pad_to: int = 21, device=None) -> torch.Tensor:
+    """Build the (n, pad_to, pad_to) kernels described by :func:`sample_kernel_params`."""
+    p = {k: v.to(device) if device is not None else v for k, v in p.items()}
+    kind, size = p["type"], p["size"]
+    gen = bivariate_generalized_gaussian(p["sigma_x"], p["sigma_y"], p["theta"], p["beta"], size, pad_to)
+    pla = bivariate_plateau(p["sigma_x"], p["sigma_y"], p["theta"], p["beta"], size, pad_to)
+    gau = bivariate_gaussian(p["sigma_x"], p["sigma_y"], p["theta"], size, pad_to)
+    k = torch.where((kind >= 4)[:, None, None], pla, torch.where((kind >= 2)[:, None, None], gen, gau))
+    if bool(p["sinc"].any()):
+        k = torch.where(p["sinc"][:, None, None], sinc_kernels(p["omega"], size, pad_to), k)
+    return k
+
+
+def random_mixed_kernels(n: int, g: torch.Generator, kernel_list: Sequence[str] = KERNEL_TYPES,
+                         kernel_prob: Sequence[float] = PAPER_KERNEL_PROB, sigma_range=(0.2, 3.0),
+                         rotation_range=(-math.pi, math.pi), betag_range=(0.5, 4.0), betap_range=(1.0, 2.0),
+                         sizes: Sequence[int] = KERNEL_SIZES, pad_to: int = 21, sinc_prob: float = 0.0) -> torch.Tensor:
+    """n random mixed kernels (type by ``kernel_prob``, random odd size from ``sizes`` zero-padded
+    to ``pad_to``); with ``sinc_prob`` > 0 a sinc kernel replaces a sample's kernel with that
+    probability (Real-ESRGAN's first/second-stage kernels). (n, pad_to, pad_to) on ``g.device``."""
+    p = sample_kernel_params(n, g, kernel_list, kernel_prob, sigma_range, rotation_range, betag_range,
+                             betap_range, sinc_prob, sizes)
+    return kernels_from_params(p, pad_to)
+
+
+def sample_final_sinc_params(n: int, g: torch.Generator, prob: float = 0.8, sizes: Sequence[int] = KERNEL_SIZES,
+                             omega_range=(math.pi / 3, math.pi)) -> dict:
+    """Real-ESRGAN's final sinc filter, per sample: ``on`` (bool, prob ``prob``; off = identity),
+    ``size`` (odd, from ``sizes``) and ``omega`` (U[omega_range])."""
+    u = torch.rand(n, 3, generator=g, device=g.device, dtype=torch.float64).unbind(1)
+    sizes_t = torch.tensor([int(s) for s in sizes], device=g.device)
+    size = sizes_t[(u[1] * len(sizes)).long().clamp_max(len(sizes) - 1)]
+    omega = float(omega_range[0]) + (float(omega_range[1]) - float(omega_range[0])) * u[2]
+    return {"on": u[0] < prob, "size": size, "omega": omega.float()}
+
+
+def final_sinc_kernels(p: dict, pad_to: int = 21, device=None) -> torch.Tensor:
+    """Kernels of :func:`sample_final_sinc_params` (pulse where ``on`` is False)."""
+    p = {k: v.to(device) if device is not None else v for k, v in p.items()}
+    n = p["on"].shape[0]
+    k = pulse_kernels(n, pad_to, p["on"].device)
+    if bool(p["on"].any()):
+        k = torch.where(p["on"][:, None, None], sinc_kernels(p["omega"], p["size"], pad_to), k)
+    return k
+
+
+# --------------------------------------------------------------------------------------------
+# filtering
+# --------------------------------------------------------------------------------------------
+def reflect_pad(x: torch.Tensor, pad: int | tuple[int, int]) -> torch.Tensor:
+    """Reflect-101 padding of the last two dims by (ph, pw), for any image size >= 1."""
+    ph, pw = (pad, pad) if isinstance(pad, int) else pad
+    h, w = x.shape[-2:]
+    if ph < h and pw < w:
+        return F.pad(x, (pw, pw, ph, ph), mode="reflect")
+
+    def idx(n: int, p: int) -> torch.Tensor:
+        i = torch.arange(-p, n + p, device=x.device)
+        if n == 1:
+            return torch.zeros_like(i)
+        period = 2 * n - 2
+        i = i.remainder(period)
+        return torch.where(i >= n, period - i, i)
+
+    return x.index_select(-2, idx(h, ph)).index_select(-1, idx(w, pw))
+
+
+def _support(k: np.ndarray) -> int:
+    """Half-width of the smallest centred square window holding every non-zero tap."""
+    c = k.shape[-1] // 2
+    nz = np.nonzero(k)
+    if len(nz[0]) == 0:
+        return 0
+    return int(max(np.abs(nz[0] - c).max(), np.abs(nz[1] - c).max()))
+
+
+_POOL: dict = {}
+_POOL_LOCK = threading.Lock()
+
+
+def cpu_map(fn, items) -> list:
+    """``[fn(i) for i in items]``, spread over ``torch.get_num_threads()`` threads (OpenCV and
+    NumPy release the GIL, and OpenCV runs these small filters on one thread). The results do
+    not depend on the number of threads."""
+    items = list(items)
+    workers = max(1, min(torch.get_num_threads(), len(items)))
+    if workers == 1:
+        return [fn(i) for i in items]
+    key = (os.getpid(), workers)  # a pool does not survive a fork
+    with _POOL_LOCK:
+        if key not in _POOL:
+            for (pid, _), old in list(_POOL.items()):
+                if pid == os.getpid():
+                    old.shutdown(wait=False)
+            _POOL.clear()
+            _POOL[key] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="srcore-cpu")
+        pool = _POOL[key]
+    return list(pool.map(fn, items))
+
+
+def _use_cv2(x: torch.Tensor, backend: str) -> bool:
+    if backend not in ("auto", "cv2", "torch"):
+        raise ValueError(f"backend={backend!r}; allowed: auto, cv2, torch")
+    return backend == "cv2" or (backend == "auto" and x.device.type == "cpu" and not x.requires_grad)
+
+
+def _as_numpy(x: torch.Tensor) -> np.ndarray:
+    return x.detach().to("cpu", torch.float32).contiguous().numpy()
+
+
+def _separable(k: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """(column kernel, row kernel) if k (summing to 1) is an outer product, else None."""
+    a, b = k.sum(axis=1), k.sum(axis=0)
+    if np.abs(k - np.outer(a, b)).max() <= 1e-7 * np.abs(k).max():
+        return a.reshape(-1, 1).astype(np.float32), b.reshape(-1, 1).astype(np.float32)
+    return None
+
+
+def filter2d(x: torch.Tensor, kernels: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+    """Correlate sample i of x (N, C, H, W) with kernels[i] ((N, k, k) or one (k, k) kernel for all),
+    reflect-101 borders, odd k. ``backend``: "auto" (OpenCV on CPU, grouped conv elsewhere),
+    "cv2" or "torch". The kernels are expected to sum to 1 (only used to detect separable ones,
+    which OpenCV then applies as two 1-D passes)."""
+    n, c, h, w = x.shape
+    if kernels.dim() == 2:
+        kernels = kernels.expand(n, *kernels.shape)
+    if kernels.shape[0] != n or kernels.shape[-1] % 2 == 0 or kernels.shape[-1] != kernels.shape[-2]:
+        raise ValueError(f"kernels {tuple(kernels.shape)} do not fit a batch of {n} (odd square kernels)")
+    if _use_cv2(x, backend):
+        import cv2
+
+        xn = _as_numpy(x)
+        kn = kernels.detach().to("cpu", torch.float64).numpy()
+        out = np.empty_like(xn)
+        ctr = kn.shape[-1] // 2
+
+        def one(i: int) -> None:
+            r = _support(kn[i])
+            ki = kn[i, ctr - r:ctr + r + 1, ctr - r:ctr + r + 1]
+            if r == 0:
+                np.multiply(xn[i], np.float32(ki[0, 0]), out=out[i])
+                return
+            sep = _separable(ki) if abs(ki.sum() - 1) < 1e-6 else None
+            k32 = np.ascontiguousarray(ki, dtype=np.float32)
+            for ch in range(c):
+                if sep is not None:
+                    cv2.sepFilter2D(xn[i, ch], -1, sep[1], sep[0], dst=out[i, ch], borderType=cv2.BORDER_REFLECT_101)
+                else:
+                    cv2.filter2D(xn[i, ch], -1, k32, dst=out[i, ch], borderType=cv2.BORDER_REFLECT_101)
+
+        cpu_map(one, range(n))
+        return torch.from_numpy(out).to(device=x.device, dtype=x.dtype)
+    k = kernels.shape[-1]
+    xp = reflect_pad(x.reshape(1, n * c, h, w), k // 2)
+    weight = kernels.to(x.dtype).repeat_interleave(c, dim=0)[:, None]
+    return F.conv2d(xp, weight, groups=n * c).reshape(n, c, h, w)
+
+
+def sep_filter2d(x: torch.Tensor, kernel_1d: torch.Tensor, backend: str = "auto") -> torch.Tensor:
+    """Filter every plane of x with the separable kernel outer(k, k) (one 1-D odd kernel for the
+    whole batch), reflect-101 borders: what ``cv2.GaussianBlur`` / ``cv2.sepFilter2D`` do."""
+    n, c, h, w = x.shape
+    k = kernel_1d.reshape(-1)
+    if _use_cv2(x, backend):
+        import cv2
+
+        xn = _as_numpy(x)
+        kn = k.detach().to("cpu", torch.float32).numpy().reshape(-1, 1)
+        out = np.empty_like(xn)
+
+        def one(i: int) -> None:
+            for ch in range(c):
+                cv2.sepFilter2D(xn[i, ch], -1, kn, kn, dst=out[i, ch], borderType=cv2.BORDER_REFLECT_101)
+
+        cpu_map(one, range(n))
+        return torch.from_numpy(out).to(device=x.device, dtype=x.dtype)
+    p = k.numel() // 2
+    xp = reflect_pad(x.reshape(1, n * c, h, w), p)
+    kk = k.to(device=x.device, dtype=x.dtype)
+    y = F.conv2d(xp, kk.view(1, 1, 1, -1).expand(n * c, 1, 1, -1), groups=n * c)
+    y = F.conv2d(y, kk.view(1, 1, -1, 1).expand(n * c, 1, -1, 1), groups=n * c)
+    return y.reshape(n, c, h, w)
