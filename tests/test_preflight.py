@@ -18,6 +18,7 @@ def _cfg(*overrides):
 
 def test_defaults_and_presets_are_valid():
     for overrides in [(), ("train=smoke",), ("train=demo",), ("backbone=rrdb",), ("degradation=bicubic",),
+                      ("degradation=multi",), ("degradation=bicubic", "train=demo"),
                       ("dropout.position=[b4,last]",), ("dropout.kind=element",), ("dropout.position=none",)]:
         validate_config(_cfg(*overrides))
 
@@ -32,6 +33,7 @@ def test_paper_defaults():
         (500000, 16, 32, 2e-4, [0.9, 0.99], 0.999)
     assert sum(t.scheduler.periods) == t.iterations and cfg.scale == 4 and cfg.eval.crop_border == 4
     assert len(cfg.eval.degradations) == 8 and cfg.logger.mode == "offline"
+    assert (cfg.degradation.name, cfg.degradation.gt_size) == ("realesrgan", 400)
 
 
 @pytest.mark.parametrize("override, message", [
@@ -46,6 +48,9 @@ def test_paper_defaults():
     ("logger.mode=cloud", r"cloud.*offline, online, disabled"),
     ("train.device=tpu", r"tpu.*auto, cpu, cuda"),
     ("train.iterations=0", r"train.iterations=0"),
+    ("degradation.gt_size=64", r"degradation.gt_size=64.*>= the HR patch"),
+    ("degradation.kernel_prob=[0.5,0.6,0,0,0,0]", r"kernel_prob"),
+    ("degradation.jpeg_range=[30,120]", r"jpeg_range"),
 ])
 def test_bad_values_are_named(override, message):
     with pytest.raises(PreflightError, match=message):
