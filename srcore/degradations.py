@@ -64,6 +64,15 @@ def jpeg_per_sample(x: torch.Tensor, qualities: Sequence[int | None]) -> torch.T
     return out
 
 
+def crop_pairs(hr: torch.Tensor, lr: torch.Tensor, tops: list[int], lefts: list[int], lr_patch: int,
+               scale: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cut aligned patches per sample: LR ``[t:t+p, l:l+p]`` and the HR region ``scale`` times it."""
+    lr_out = torch.stack([lr[i, :, t:t + lr_patch, l:l + lr_patch] for i, (t, l) in enumerate(zip(tops, lefts))])
+    hr_out = torch.stack([hr[i, :, t * scale:(t + lr_patch) * scale, l * scale:(l + lr_patch) * scale]
+                          for i, (t, l) in enumerate(zip(tops, lefts))])
+    return hr_out, lr_out
+
+
 def paired_random_crop(hr: torch.Tensor, lr: torch.Tensor, gt_patch: int | None, scale: int,
                        g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
     """Cut aligned patches (HR ``gt_patch``, LR ``gt_patch // scale``) at a random place per sample."""
@@ -76,10 +85,7 @@ def paired_random_crop(hr: torch.Tensor, lr: torch.Tensor, gt_patch: int | None,
     n = lr.shape[0]
     tops = torch.randint(0, h - lr_patch + 1, (n,), generator=g, device=g.device).tolist()
     lefts = torch.randint(0, w - lr_patch + 1, (n,), generator=g, device=g.device).tolist()
-    lr_out = torch.stack([lr[i, :, t:t + lr_patch, l:l + lr_patch] for i, (t, l) in enumerate(zip(tops, lefts))])
-    hr_out = torch.stack([hr[i, :, t * scale:(t + lr_patch) * scale, l * scale:(l + lr_patch) * scale]
-                          for i, (t, l) in enumerate(zip(tops, lefts))])
-    return hr_out, lr_out
+    return crop_pairs(hr, lr, tops, lefts, lr_patch, scale)
 
 
 def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:

@@ -67,7 +67,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from srcore.degradations import quantize
+from srcore.degradations import crop_pairs, quantize
 from srcore.jpeg import jpeg_compress
 from srcore.kernels import (KERNEL_SIZES, KERNEL_TYPES, PAPER_KERNEL_PROB, _as_numpy, _use_cv2, cpu_map, filter2d,
                             final_sinc_kernels, kernels_from_params, pulse_kernels, sample_final_sinc_params,
@@ -556,11 +556,7 @@ class RealESRGANDegradation:
         u = params["crop"].to("cpu")
         tops = (u[:, 0] * (h - lq + 1)).long().clamp_max(h - lq).tolist()
         lefts = (u[:, 1] * (w - lq + 1)).long().clamp_max(w - lq).tolist()
-        s = self.scale
-        lr_out = torch.stack([lr[i, :, t:t + lq, l:l + lq] for i, (t, l) in enumerate(zip(tops, lefts))])
-        hr_out = torch.stack([hr_target[i, :, t * s:(t + lq) * s, l * s:(l + lq) * s]
-                              for i, (t, l) in enumerate(zip(tops, lefts))])
-        return hr_out, lr_out
+        return crop_pairs(hr_target, lr, tops, lefts, lq, self.scale)
 
     def __call__(self, hr: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, 3, H, W) HR in [0, 1], H, W >= gt_patch -> (hr_target (N, 3, gt_patch, gt_patch),
