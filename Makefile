@@ -7,7 +7,7 @@ SWEEP ?=
 export WANDB_ERROR_REPORTING ?= false
 export WANDB_SILENT ?= true
 
-.PHONY: setup demo test test-slow test-all tables clean
+.PHONY: setup demo test test-slow test-all tables bench clean
 
 setup: $(STAMP)
 
@@ -36,6 +36,10 @@ test-all: setup
 # Tables of every sweep under outputs/ (or of one: make tables SWEEP=outputs/sweeps/<name>).
 tables: setup
 	$(PY) -m analysis.tables $(if $(SWEEP),$(SWEEP),outputs/sweeps)
+
+# Degradation throughput vs a per-image reference, and a training iteration vs the bare step.
+bench: setup
+	$(PY) benchmarks/bench_degradation.py
 
 clean:
 	rm -rf outputs multirun

@@ -8,6 +8,12 @@ values as defaults (RealESRNet's ``feed_data`` + Real-ESRGAN's dataset kernels):
 0. USM sharpening of the GT (BasicSR's USMSharp: 51x51 Gaussian with OpenCV's sigma-from-size
    rule, weight 0.5, threshold 10 levels, soft mask). When ``usm`` is on, the sharpened GT is
    both what is degraded and the returned target (RealESRNet's ``gt_usm`` + ``l1_gt_usm``).
+   With ``usm_on_load`` (default) the sharpening is deterministic work done ONCE PER TRAINING
+   IMAGE: ``prepare_images`` sharpens each whole image (rounded to uint8) when the data is
+   loaded, and ``apply`` takes the crops it is given as already sharpened (no per-batch USM).
+   A crop of the sharpened image equals the sharpened crop except within ``usm_radius // 2``
+   px (25) of the crop border, where the whole-image filter sees the real neighbourhood instead
+   of reflect padding. ``usm_on_load=False``: per-batch USM of the crops, as the official code.
 1. stage 1: blur with a random kernel (6 types, odd size 7..21 zero-padded to 21, or a sinc
    kernel with probability ``sinc_prob``); random resize (up / down / keep, scale factor, mode);
    Gaussian (sigma in levels) or Poisson noise, grey (same on all channels) or colour; clamp;
@@ -47,7 +53,8 @@ independent of the thread count. The two backends agree up to float rounding exc
 noise realisations and the JPEG codec (the PyTorch codec is within ~0.4 levels of libjpeg).
 
 Other details, as the official code: resizing is ``F.interpolate`` (no antialiasing,
-align_corners=False, "area" = adaptive average pooling; stage 1 by ``scale_factor``); the
+align_corners=False, "area" = adaptive average pooling; stage 1 by ``scale_factor``; the cv2
+backend does "bilinear" / "bicubic" with the identical ``cv2.resize`` resamplers); the
 generalized / plateau shape beta is U[lo, 1] or U[1, hi] with probability 1/2 each (so the
 plateau range [1, 2] gives beta = 1 half of the time); Poisson noise follows BasicSR's
 ``generate_poisson_noise_pt``: the image is rounded to 8-bit levels,
@@ -79,7 +86,7 @@ UPDOWN = ("up", "down", "keep")
 GREY_WEIGHTS = (0.2989, 0.587, 0.114)  # torchvision's rgb_to_grayscale, as BasicSR uses
 
 DEFAULTS = dict(
-    scale=4, gt_patch=128, usm=True, usm_radius=50, usm_weight=0.5, usm_threshold=10,
+    scale=4, gt_patch=128, usm=True, usm_radius=50, usm_weight=0.5, usm_threshold=10, usm_on_load=True,
     kernel_list=KERNEL_TYPES, kernel_prob=PAPER_KERNEL_PROB, blur_sigma=(0.2, 3.0), betag_range=(0.5, 4.0),
     betap_range=(1.0, 2.0), sinc_prob=0.1, resize_prob=(0.2, 0.7, 0.1), resize_range=(0.15, 1.5),
     gaussian_noise_prob=0.5, noise_range=(1.0, 30.0), poisson_scale_range=(0.05, 3.0), gray_noise_prob=0.4,
@@ -161,8 +168,9 @@ def validate_params(**params) -> None:
             _fail("gt_patch", gt, "must be a positive integer (or null: no crop)")
         if gt % p["scale"]:
             _fail("gt_patch", gt, f"must be a multiple of scale={p['scale']}")
-    if not isinstance(p["usm"], (bool, np.bool_)):
-        _fail("usm", p["usm"], "must be true or false")
+    for key in ("usm", "usm_on_load"):
+        if not isinstance(p[key], (bool, np.bool_)):
+            _fail(key, p[key], "must be true or false")
     if not _is_num(p["usm_weight"]) or float(p["usm_weight"]) < 0:
         _fail("usm_weight", p["usm_weight"], "must be a number >= 0")
     if not _is_num(p["usm_threshold"]) or float(p["usm_threshold"]) < 0:
@@ -208,6 +216,18 @@ def usm_kernel_1d(radius: int = 50) -> torch.Tensor:
     return torch.from_numpy(cv2.getGaussianKernel(k, 0, ktype=cv2.CV_64F).reshape(-1).copy())
 
 
+def _usm_plane(img: np.ndarray, kn: np.ndarray, weight: float, threshold: float, out: np.ndarray) -> None:
+    """USMSharp of one float32 plane in [0, 1] into ``out`` (OpenCV, reflect-101 borders)."""
+    import cv2
+
+    border = cv2.BORDER_REFLECT_101
+    residual = img - cv2.sepFilter2D(img, -1, kn, kn, borderType=border)
+    mask = (np.abs(residual) * np.float32(255) > threshold).astype(np.float32)
+    soft = cv2.sepFilter2D(mask, -1, kn, kn, borderType=border)
+    sharp = np.clip(img + np.float32(weight) * residual, 0, 1)
+    np.add(img, soft * (sharp - img), out=out)
+
+
 def usm_sharp(x: torch.Tensor, radius: int = 50, weight: float = 0.5, threshold: float = 10,
               backend: str = "auto") -> torch.Tensor:
     """BasicSR's USMSharp on a batch in [0, 1]: sharp = clamp(x + weight * (x - blur)), blended
@@ -216,21 +236,13 @@ def usm_sharp(x: torch.Tensor, radius: int = 50, weight: float = 0.5, threshold:
     each image is processed whole in a worker thread (OpenCV + NumPy, cache-friendly)."""
     k = usm_kernel_1d(radius)
     if _use_cv2(x, backend):
-        import cv2
-
         xn = _as_numpy(x)
         kn = k.numpy().astype(np.float32).reshape(-1, 1)
         out = np.empty_like(xn)
-        border = cv2.BORDER_REFLECT_101
 
         def one(i: int) -> None:
             for ch in range(xn.shape[1]):
-                img = xn[i, ch]
-                residual = img - cv2.sepFilter2D(img, -1, kn, kn, borderType=border)
-                mask = (np.abs(residual) * np.float32(255) > threshold).astype(np.float32)
-                soft = cv2.sepFilter2D(mask, -1, kn, kn, borderType=border)
-                sharp = np.clip(img + np.float32(weight) * residual, 0, 1)
-                np.add(img, soft * (sharp - img), out=out[i, ch])
+                _usm_plane(xn[i, ch], kn, weight, threshold, out[i, ch])
 
         cpu_map(one, range(xn.shape[0]))
         return torch.from_numpy(out).to(device=x.device, dtype=x.dtype)
@@ -387,16 +399,60 @@ def _add_noise_cpu(x: torch.Tensor, p: dict, gen: torch.Generator) -> torch.Tens
 
 
 def resize(x: torch.Tensor, size: tuple[int, int] | None = None, scale_factor: float | None = None,
-           mode: str = "bicubic") -> torch.Tensor:
-    """F.interpolate as the official code calls it (no antialiasing, align_corners=False)."""
+           mode: str = "bicubic", backend: str = "torch") -> torch.Tensor:
+    """F.interpolate as the official code calls it (no antialiasing, align_corners=False).
+
+    With ``backend`` "cv2" (or "auto" on CPU), "bilinear" and "bicubic" run through
+    ``cv2.resize`` per image plane in the worker threads: INTER_LINEAR / INTER_CUBIC on float32
+    are the same resamplers (half-pixel centres, no antialiasing, replicated borders, cubic
+    a = -0.75); measured within ~0.005 levels of F.interpolate on photographs. For
+    ``scale_factor`` F.interpolate maps output pixels back by 1 / scale_factor (not by
+    in / out size) and floors the output size, so cv2 gets ``fx = fy = scale_factor`` (same
+    mapping; its rounded size is cropped to the floored one); within one pixel of the input size
+    cv2 would copy the image instead, so that case stays on torch. "area" (adaptive average
+    pooling, which upscales by replication, unlike INTER_AREA) and "nearest*" stay on torch."""
     if scale_factor is not None and scale_factor == 1 and size is None:
         return x
     if size is not None and tuple(size) == tuple(x.shape[-2:]):
         return x  # every mode is the identity at the same size
+    if mode in _CV2_INTERP and _use_cv2(x, backend):
+        out = _resize_cv2(x, size, scale_factor, mode)
+        if out is not None:
+            return out
     kw = {"align_corners": False} if mode in ("bilinear", "bicubic") else {}
     if size is not None:
         return F.interpolate(x, size=(max(1, int(size[0])), max(1, int(size[1]))), mode=mode, **kw)
     return F.interpolate(x, scale_factor=scale_factor, mode=mode, **kw)
+
+
+_CV2_INTERP = {"bilinear": 1, "bicubic": 2}  # cv2.INTER_LINEAR, cv2.INTER_CUBIC
+
+
+def _resize_cv2(x: torch.Tensor, size, scale_factor, mode: str) -> torch.Tensor | None:
+    """``resize`` through cv2.resize per plane (see there); None where torch must do it."""
+    import cv2
+
+    h, w = x.shape[-2:]
+    if size is not None:
+        oh, ow = max(1, int(size[0])), max(1, int(size[1]))
+        args = ((ow, oh),)
+    else:
+        s = float(scale_factor)
+        oh, ow = math.floor(float(h) * s), math.floor(float(w) * s)  # F.interpolate's output size
+        if oh < 1 or ow < 1 or abs(h * s - h) < 1 or abs(w * s - w) < 1:
+            return None  # cv2 would round the size to the input's and copy; torch resamples
+        args = ((0, 0), None, s, s)
+    xn = _as_numpy(x)
+    n, c = xn.shape[:2]
+    out = np.empty((n, c, oh, ow), dtype=np.float32)
+    interp = _CV2_INTERP[mode]
+
+    def one(i: int) -> None:
+        for ch in range(c):
+            out[i, ch] = cv2.resize(xn[i, ch], *args, interpolation=interp)[:oh, :ow]
+
+    cpu_map(one, range(n))
+    return torch.from_numpy(out).to(device=x.device, dtype=x.dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -410,7 +466,7 @@ class RealESRGANDegradation:
     """
 
     def __init__(self, scale: int = 4, gt_patch: int | None = 128, usm: bool = True, usm_radius: int = 50,
-                 usm_weight: float = 0.5, usm_threshold: float = 10,
+                 usm_weight: float = 0.5, usm_threshold: float = 10, usm_on_load: bool = True,
                  # stage 1
                  kernel_list: Sequence[str] = KERNEL_TYPES, kernel_prob: Sequence[float] = PAPER_KERNEL_PROB,
                  blur_sigma=(0.2, 3.0), betag_range=(0.5, 4.0), betap_range=(1.0, 2.0), sinc_prob: float = 0.1,
@@ -430,13 +486,47 @@ class RealESRGANDegradation:
             if isinstance(v, Sequence) and not isinstance(v, str):
                 v = tuple(v)
             setattr(self, k, v)
-        self.scale, self.usm = int(scale), bool(usm)
+        self.scale, self.usm, self.usm_on_load = int(scale), bool(usm), bool(usm_on_load)
         self.gt_patch = None if gt_patch is None else int(gt_patch)
         self.kernel_sizes = KERNEL_SIZES
 
     def config(self) -> dict:
         """The constructor arguments (plain Python values)."""
         return {k: getattr(self, k) for k in DEFAULTS}
+
+    # ---- once per training image ------------------------------------------------------------
+    @property
+    def usm_per_batch(self) -> bool:
+        """Whether ``apply`` sharpens each batch (``usm`` on and ``usm_on_load`` off)."""
+        return self.usm and not self.usm_on_load
+
+    def prepare_images(self, images: list[tuple[str, np.ndarray]]) -> list[tuple[str, np.ndarray]]:
+        """The training images (name, HxWx3 uint8) as the batches must be cut from: with ``usm``
+        and ``usm_on_load`` on, each whole image USM-sharpened (``usm_sharp``, OpenCV, rounded
+        to uint8), else unchanged. Call once, before cutting crops: ``apply`` then does not
+        sharpen, the crops it gets are the (sharpened) target. USM commutes with cropping
+        except within ``usm_radius // 2`` px of a crop border (here the filter sees the real
+        neighbourhood instead of reflected pixels) and with horizontal flips (symmetric kernel
+        and borders). Not idempotent: do not call it twice on the same images."""
+        if not (self.usm and self.usm_on_load):
+            return list(images)
+        images = list(images)
+        for name, im in images:
+            if not (isinstance(im, np.ndarray) and im.dtype == np.uint8 and im.ndim == 3 and im.shape[2] == 3):
+                raise ValueError(f"prepare_images: {name!r} is not an HxWx3 uint8 image "
+                                 f"({getattr(im, 'dtype', type(im))}, {getattr(im, 'shape', '')})")
+        kn = usm_kernel_1d(self.usm_radius).numpy().astype(np.float32).reshape(-1, 1)
+        out = [np.empty_like(im) for _, im in images]
+
+        def one(job: tuple[int, int]) -> None:
+            i, ch = job
+            plane = images[i][1][:, :, ch].astype(np.float32) / np.float32(255)
+            sharp = np.empty_like(plane)
+            _usm_plane(plane, kn, self.usm_weight, self.usm_threshold, sharp)
+            out[i][:, :, ch] = np.clip(np.rint(sharp * np.float32(255)), 0, 255).astype(np.uint8)
+
+        cpu_map(one, [(i, ch) for i in range(len(images)) for ch in range(3)])
+        return [(name, o) for (name, _), o in zip(images, out)]
 
     # ---- randomness ----------------------------------------------------------------------
     def _kernel_params(self, n, g, sfx):
@@ -512,12 +602,15 @@ class RealESRGANDegradation:
         gen = torch.Generator(device=dev)
         gen.manual_seed(params["seed"])
         be = self._backend(x)
-        target = usm_sharp(x, self.usm_radius, self.usm_weight, self.usm_threshold, be) if self.usm else x
+        if self.usm_per_batch:
+            target = usm_sharp(x, self.usm_radius, self.usm_weight, self.usm_threshold, be)
+        else:
+            target = x  # no USM, or already sharpened whole by prepare_images
 
         # stage 1
         out = filter2d(target, kernels_from_params(params["kernel1"], 21, dev), be)
         r = params["resize1"]
-        out = resize(out, scale_factor=r["scale"], mode=r["mode"])
+        out = resize(out, scale_factor=r["scale"], mode=r["mode"], backend=be)
         out = add_noise(out, params["noise1"], gen, be)
         out = jpeg_compress(out, params["jpeg1"].to(dev), be)
 
@@ -528,16 +621,17 @@ class RealESRGANDegradation:
             k2 = torch.where(blur2[:, None, None], k2, pulse_kernels(n, 21, dev))
             out = filter2d(out, k2, be)
         r = params["resize2"]
-        out = resize(out, size=(int(h / self.scale * r["scale"]), int(w / self.scale * r["scale"])), mode=r["mode"])
+        out = resize(out, size=(int(h / self.scale * r["scale"]), int(w / self.scale * r["scale"])), mode=r["mode"],
+                     backend=be)
         out = add_noise(out, params["noise2"], gen, be)
         lr_size = (h // self.scale, w // self.scale)
         sinc = final_sinc_kernels(params["final_sinc"], 21, dev)
         if params["final_order"] == "resize_sinc_first":
-            out = filter2d(resize(out, size=lr_size, mode=params["final_mode"]), sinc, be)
+            out = filter2d(resize(out, size=lr_size, mode=params["final_mode"], backend=be), sinc, be)
             out = jpeg_compress(out.clamp(0, 1), params["jpeg2"].to(dev), be)
         else:
             out = jpeg_compress(out.clamp(0, 1), params["jpeg2"].to(dev), be)
-            out = filter2d(resize(out, size=lr_size, mode=params["final_mode"]), sinc, be)
+            out = filter2d(resize(out, size=lr_size, mode=params["final_mode"], backend=be), sinc, be)
         return target, quantize(out)
 
     def _backend(self, x: torch.Tensor) -> str:

@@ -57,6 +57,12 @@ def degradation_from_config(cfg: DictConfig):
     return build_degradation(params.pop("name"), cfg.scale, gt_patch=cfg.train.patch_size * cfg.scale, **params)
 
 
+def prepare_images(degrade, images):
+    """Work a degradation does once per training image instead of once per batch (the
+    realesrgan pipeline sharpens each whole image here)."""
+    return degrade.prepare_images(images) if hasattr(degrade, "prepare_images") else images
+
+
 def train_settings(cfg: DictConfig) -> TrainSettings:
     t = cfg.train
     return TrainSettings(
@@ -94,8 +100,8 @@ def run_job(cfg: DictConfig, job_dir: Path, job_name: str, tags: list[str]) -> d
 
     train_images = load_images(cfg.data.train, "train")
     test_sets = {name: load_images(spec, "test", cfg.eval.max_images) for name, spec in cfg.data.test_sets.items()}
-    patches = TrainPatches(train_images, gt_crop_size(cfg), cfg.seed, cfg.train.hflip)
     degrade = degradation_from_config(cfg)
+    patches = TrainPatches(prepare_images(degrade, train_images), gt_crop_size(cfg), cfg.seed, cfg.train.hflip)
     torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed fixes
     model = model_from_config(cfg)
 

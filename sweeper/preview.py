@@ -17,7 +17,7 @@ import sweeper.naming  # noqa: F401  (registers the resolvers the config uses)
 from srcore.data import TrainPatches, load_images
 from srcore.imageio import write_image
 from sweeper.app import CONF_DIR
-from sweeper.job import degradation_from_config, gt_crop_size
+from sweeper.job import degradation_from_config, gt_crop_size, prepare_images
 from sweeper.preflight import validate_config
 
 
@@ -44,8 +44,9 @@ def main(argv: list[str] | None = None) -> Path:
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose("config", overrides=args.overrides)
     validate_config(cfg)
-    patches = TrainPatches(load_images(cfg.data.train, "train"), gt_crop_size(cfg), args.seed, cfg.train.hflip)
     degrade = degradation_from_config(cfg)
+    images = prepare_images(degrade, load_images(cfg.data.train, "train"))
+    patches = TrainPatches(images, gt_crop_size(cfg), args.seed, cfg.train.hflip)
     hr = torch.stack([patches[k] for k in range(args.n)]).float() / 255
     target, lr = degrade(hr, torch.Generator().manual_seed(args.seed))
 

@@ -13,7 +13,7 @@ from skimage import data
 from srcore.degradations import bicubic_down, build_degradation
 from srcore.kernels import KERNEL_TYPES, PAPER_KERNEL_PROB
 from srcore.realesrgan import (DEFAULTS, RealESRGANDegradation, add_noise, count_levels, poisson_from_levels,
-                               usm_sharp, validate_params)
+                               resize, usm_sharp, validate_params)
 
 ROOT = Path(__file__).resolve().parent.parent
 N = 20000
@@ -48,6 +48,7 @@ def test_defaults_are_the_papers():
     c = RealESRGANDegradation().config()
     assert c["scale"] == 4 and c["gt_patch"] == 128 and c["usm"] is True
     assert (c["usm_radius"], c["usm_weight"], c["usm_threshold"]) == (50, 0.5, 10)
+    assert c["usm_on_load"] is True and list(DEFAULTS).index("usm_on_load") == list(DEFAULTS).index("usm_threshold") + 1
     assert c["kernel_list"] == KERNEL_TYPES and c["kernel_prob"] == (0.45, 0.25, 0.12, 0.03, 0.12, 0.03)
     assert c["kernel_list2"] == KERNEL_TYPES and c["kernel_prob2"] == PAPER_KERNEL_PROB
     assert c["blur_sigma"] == (0.2, 3.0) and c["blur_sigma2"] == (0.2, 1.5)
@@ -98,6 +99,7 @@ def test_the_config_file_holds_the_defaults_and_validates():
     (dict(scale=0), "scale", "0"),
     (dict(gt_patch=130), "gt_patch", "130"),
     (dict(usm_radius=-5), "usm_radius", "-5"),
+    (dict(usm_on_load="yes"), "usm_on_load", "yes"),
     (dict(resize_modes=["area", "lanczos"]), "resize_modes", "lanczos"),
     (dict(backend="gpu"), "backend", "gpu"),
     (dict(gray_noise_prob2="0.4"), "gray_noise_prob2", "0.4"),
@@ -117,6 +119,7 @@ def test_validate_params_accepts_valid_settings():
     validate_params(**{k: v for k, v in DEFAULTS.items()})
     validate_params(kernel_list=["iso"], kernel_prob=[1.0], resize_prob=[0, 0, 1], jpeg_range=[95, 95],
                     noise_range=[0, 0], gt_patch=None, usm=False, backend="torch")
+    validate_params(usm_on_load=False)
 
 
 # ---------------------------------------------------------------- USM
@@ -149,9 +152,10 @@ def test_usm_matches_an_opencv_reference(backend):
 
 
 def test_hr_target_is_the_sharpened_gt_or_the_gt():
+    # usm_on_load=False: the official per-batch USM of the crops
     hr = photos(2, 256, seed=1)
     for usm in (True, False):
-        deg = RealESRGANDegradation(usm=usm)
+        deg = RealESRGANDegradation(usm=usm, usm_on_load=False)
         params = deg.sample_params(2, torch.Generator().manual_seed(7))
         target, lr = deg.apply(hr, params)
         want = usm_sharp(hr) if usm else hr
@@ -169,6 +173,79 @@ def test_hr_target_is_the_sharpened_gt_or_the_gt():
         # __call__ is sample_params + apply + paired_crop
         a, b = deg(hr, torch.Generator().manual_seed(7))
         assert torch.equal(a, t_crop) and torch.equal(b, l_crop)
+
+
+def _u8(t: torch.Tensor) -> np.ndarray:
+    return (t * 255).round().clamp(0, 255).to(torch.uint8)[0].permute(1, 2, 0).numpy()
+
+
+def test_prepare_images_is_usm_of_the_whole_image():
+    images = [("astronaut", data.astronaut()), ("coffee", data.coffee()), ("rocket", data.rocket())]
+    deg = RealESRGANDegradation()
+    prepared = deg.prepare_images(images)
+    assert [n for n, _ in prepared] == [n for n, _ in images]
+    for (_, im), (_, out) in zip(images, prepared):
+        assert out.dtype == np.uint8 and out.shape == im.shape
+        x = torch.from_numpy(im).permute(2, 0, 1)[None].float() / 255
+        assert np.array_equal(out, _u8(usm_sharp(x))), np.abs(out.astype(int) - _u8(usm_sharp(x))).max()
+        assert not np.array_equal(out, im)
+    # nothing to do without USM or with per-batch USM
+    for kw in (dict(usm=False), dict(usm_on_load=False)):
+        same = RealESRGANDegradation(**kw).prepare_images(images)
+        assert all(a is b for (_, a), (_, b) in zip(same, images))
+    with pytest.raises(ValueError, match="uint8"):
+        deg.prepare_images([("float", images[0][1].astype(np.float32))])
+
+
+@pytest.mark.parametrize("flip", [False, True])
+def test_a_crop_of_the_prepared_image_is_usm_of_the_crop_away_from_its_border(flip):
+    im = data.coffee()
+    prepared = RealESRGANDegradation().prepare_images([("coffee", im)])[0][1]
+    t, l, size = 60, 90, 300
+    crop, pcrop = im[t:t + size, l:l + size], prepared[t:t + size, l:l + size]
+    if flip:  # a horizontal flip commutes with the symmetric kernel and reflect-101 borders
+        crop, pcrop = crop[:, ::-1], pcrop[:, ::-1]
+    x = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)[None].float() / 255
+    diff = np.abs(_u8(usm_sharp(x)).astype(int) - pcrop.astype(int))
+    yy, xx = np.mgrid[0:size, 0:size]
+    dist = np.minimum(np.minimum(yy, xx), np.minimum(size - 1 - yy, size - 1 - xx))
+    # the blur reaches 25 px and the soft mask blurs the thresholded residual by 25 px more:
+    # from 50 px inside the two agree (up to rounding); 26..49 px inside, by a few levels at most
+    assert diff[dist >= 50].max() <= 1
+    band = diff[(dist >= 26) & (dist < 50)]
+    assert band.max() <= 4 and band.mean() < 0.05, (band.max(), band.mean())
+    assert diff[dist < 25].max() > 4  # the border band really differs (real context vs reflection)
+
+
+def test_usm_on_load_apply_does_not_sharpen_again():
+    hr = photos(2, 256, seed=1)
+    deg = RealESRGANDegradation()  # usm=True, usm_on_load=True
+    params = deg.sample_params(2, torch.Generator().manual_seed(7))
+    target, lr = deg.apply(hr, params)
+    assert torch.equal(target, hr)
+    t_crop, l_crop = deg.paired_crop(target, lr, params)
+    u = params["crop"]
+    tops = (u[:, 0] * (64 - 32 + 1)).long().tolist()
+    lefts = (u[:, 1] * (64 - 32 + 1)).long().tolist()
+    for i, (t, l) in enumerate(zip(tops, lefts)):
+        assert torch.equal(t_crop[i], hr[i, :, 4 * t:4 * t + 128, 4 * l:4 * l + 128])
+    # the LR is the per-batch pipeline's LR of the (already sharpened) input, without USM
+    _, lr_off = RealESRGANDegradation(usm=False).apply(hr, params)
+    assert torch.equal(lr, lr_off)
+
+
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+def test_cv2_and_torch_resize_agree(mode):
+    x = photos(3, 200, seed=4)
+    for kw in (dict(scale_factor=1.37), dict(scale_factor=0.41), dict(scale_factor=0.5), dict(scale_factor=1.5),
+               dict(scale_factor=1.0017), dict(scale_factor=0.9991), dict(size=(67, 93)), dict(size=(310, 250))):
+        a, b = resize(x, mode=mode, backend="cv2", **kw), resize(x, mode=mode, backend="torch", **kw)
+        assert a.shape == b.shape, (kw, a.shape, b.shape)
+        diff = (a - b).abs() * 255  # measured on photographs: max ~0.005 levels, mean ~1e-4
+        assert diff.max() < 0.02 and diff.mean() < 1e-3, (kw, float(diff.max()), float(diff.mean()))
+    # "area" stays on torch (adaptive average pooling), so the backends are identical there
+    assert torch.equal(resize(x, scale_factor=1.37, mode="area", backend="cv2"),
+                       resize(x, scale_factor=1.37, mode="area", backend="torch"))
 
 
 # ---------------------------------------------------------------- distributions (no image ops)
