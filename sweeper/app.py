@@ -1,6 +1,7 @@
 """The Hydra app: one call = one job (Hydra's sweeper and launcher run the grid)."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import hydra
@@ -9,6 +10,7 @@ from omegaconf import DictConfig
 
 import sweeper.naming as naming
 from sweeper.job import run_job
+from sweeper.preflight import PreflightError
 
 CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
@@ -17,4 +19,8 @@ CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 def main(cfg: DictConfig) -> dict:
     hc = HydraConfig.get()
     job_overrides = naming.result_overrides(hc.overrides.task)
-    return run_job(cfg, Path(hc.runtime.output_dir), naming.job_dirname(hc.overrides.task), tags=job_overrides)
+    try:
+        return run_job(cfg, Path(hc.runtime.output_dir), naming.job_dirname(hc.overrides.task), tags=job_overrides)
+    except PreflightError as e:  # a user error: say what is wrong, without a traceback
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -59,9 +59,10 @@ def test_bad_values_are_named(override, message):
 
 def test_bad_multirun_launches_nothing(tmp_path):
     proc = run_sweeper(["-m", *TINY, "dropout.p=0.1,1.5", "dropout.position=last,b99"], tmp_path, check=False)
-    assert proc.returncode != 0
+    assert proc.returncode == 2
     err = proc.stderr + proc.stdout
     assert "3 of 4 jobs have invalid settings; nothing was launched" in err
+    assert "Traceback" not in err and "sweep_name" not in err
     assert "dropout.p=1.5" in err and "b99" in err
     assert not list(tmp_path.glob("sweeps/*/*/results.json"))
     assert not list(tmp_path.glob("sweeps/*/*/wandb"))
@@ -77,5 +78,5 @@ def test_unknown_backbone_lists_the_choices(tmp_path):
 
 def test_missing_data_folder_fails_single_run_before_work(tmp_path):
     proc = run_sweeper([*TINY, "data.train=/nonexistent/HR"], tmp_path, check=False)
-    assert proc.returncode != 0 and "/nonexistent/HR" in proc.stderr + proc.stdout
+    assert proc.returncode == 2 and "/nonexistent/HR" in proc.stderr and "Traceback" not in proc.stderr
     assert not list(tmp_path.glob("runs/*/wandb"))

@@ -6,11 +6,13 @@ class lives here; the checks themselves are ``sweeper.preflight``.
 from __future__ import annotations
 
 import logging
+import sys
 from typing import Any
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from sweeper.naming import result_overrides
 from sweeper.preflight import PreflightError, validate_config
 
 log = logging.getLogger(__name__)
@@ -28,10 +30,11 @@ class ValidatingSweeper(BasicSweeper):
             try:
                 validate_config(job_cfg)
             except PreflightError as e:
-                problems.append(f"job [{' '.join(overrides)}]: {e}")
+                problems.append(f"job [{' '.join(result_overrides(overrides))}]: {e}")
         if problems:
-            raise PreflightError(
-                f"{len(problems)} of {len(jobs)} jobs have invalid settings; nothing was launched.\n  "
-                + "\n  ".join(problems))
+            # A user error, not a crash: the message without a traceback, and a non-zero exit.
+            print(f"error: {len(problems)} of {len(jobs)} jobs have invalid settings; nothing was launched.\n  "
+                  + "\n  ".join(problems), file=sys.stderr)
+            raise SystemExit(2)
         log.info("pre-flight: %d jobs validated", len(jobs))
         return super().sweep(arguments)
