@@ -10,7 +10,6 @@ from __future__ import annotations
 import copy
 import logging
 import math
-import os
 import random
 import time
 from collections.abc import Callable
@@ -22,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from srcore.atomic import atomic_write
 from srcore.data import KeyRange, TrainPatches
 from srcore.schedule import CosineAnnealingRestartLR, ema_update
 
@@ -51,18 +51,6 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(name)
-
-
-def save_atomic(obj, path: Path) -> None:
-    """torch.save to a temporary file in the same folder, then rename: a kill never
-    leaves a half-written checkpoint behind."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def _rng_states(gen: torch.Generator) -> dict:
@@ -121,9 +109,9 @@ def train(
         log.info("resumed from %s at iteration %d", checkpoint, start)
 
     def save(iteration: int) -> None:
-        save_atomic({"iteration": iteration, "model": model.state_dict(), "ema": ema.state_dict(),
-                     "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                     "rng": _rng_states(gen)}, checkpoint)
+        state = {"iteration": iteration, "model": model.state_dict(), "ema": ema.state_dict(),
+                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _rng_states(gen)}
+        atomic_write(checkpoint, lambda f: torch.save(state, f))
 
     loader = DataLoader(patches, batch_size=cfg.batch_size, sampler=KeyRange(start, cfg.iterations, cfg.batch_size),
                         num_workers=cfg.num_workers, pin_memory=device.type == "cuda", drop_last=True,

@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
+from srcore.atomic import atomic_write
 from srcore.data import TrainPatches, load_images
 from srcore.degradations import build_degradation
 from srcore.evaluate import evaluate
@@ -25,15 +26,6 @@ log = logging.getLogger(__name__)
 RESULTS = "results.json"
 CHECKPOINT = "checkpoint.pt"
 WEIGHTS = "model.pt"
-
-
-def write_json_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def model_from_config(cfg: DictConfig) -> torch.nn.Module:
@@ -134,10 +126,10 @@ def run_job(cfg: DictConfig, job_dir: Path, job_name: str, tags: list[str]) -> d
         import wandb
         columns = list(rows[0])
         run.log({"test/per_image": wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows])})
-        write_json_atomic({"job": job_name, "sweep": cfg.sweep_name, "run_id": run.id, "tags": tags,
-                           "config": OmegaConf.to_container(cfg, resolve=True), "metrics": metrics,
-                           "per_image": rows, "train_seconds": train_seconds, "eval_seconds": eval_seconds},
-                          results_path)
+        results = {"job": job_name, "sweep": cfg.sweep_name, "run_id": run.id, "tags": tags,
+                   "config": OmegaConf.to_container(cfg, resolve=True), "metrics": metrics,
+                   "per_image": rows, "train_seconds": train_seconds, "eval_seconds": eval_seconds}
+        atomic_write(results_path, lambda f: json.dump(results, f, indent=1), mode="w")
         exit_code = 0
         log.info("%s: done (train %.1fs, eval %.1fs)", job_name, train_seconds, eval_seconds)
         return metrics

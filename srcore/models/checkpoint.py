@@ -7,12 +7,13 @@ this project's training checkpoint (``ema`` preferred, else ``model``), or a bar
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from typing import NamedTuple
 
 import torch
 from torch import nn
+
+from srcore.atomic import atomic_write
 
 # Tried in this order when no key is given: EMA weights are what gets evaluated.
 PREFERRED_KEYS = ("params_ema", "params", "ema", "model")
@@ -89,21 +90,7 @@ def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
 def save_weights(model: nn.Module, path, ema_model: nn.Module | None = None) -> None:
     """Write ``{"params": ..., "params_ema": ...}`` (BasicSR layout) atomically: a reader never sees
     a half-written file, even if the process dies mid-save."""
-    path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
     ckpt = {"params": _cpu_state(model)}
     if ema_model is not None:
         ckpt["params_ema"] = _cpu_state(ema_model)
-
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(ckpt, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    atomic_write(path, lambda f: torch.save(ckpt, f))
