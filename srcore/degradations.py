@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from srcore.kernels import filter2d
+
 DEGRADATIONS = ("realesrgan", "bicubic", "multi")
 
 
@@ -38,16 +40,6 @@ def gaussian_kernels(sigma: torch.Tensor, size: int = 21) -> torch.Tensor:
     g = torch.exp(-(r[None, :] ** 2) / (2 * sigma[:, None] ** 2))
     g = g / g.sum(dim=1, keepdim=True)
     return g[:, :, None] * g[:, None, :]
-
-
-def filter_per_sample(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
-    """Convolve sample i of x with kernels[i] (reflect-101 borders), as one grouped conv."""
-    n, c, h, w = x.shape
-    k = kernels.shape[-1]
-    pad = k // 2
-    xp = F.pad(x.reshape(1, n * c, h, w), (pad, pad, pad, pad), mode="reflect")
-    weight = kernels.to(x.dtype).repeat_interleave(c, dim=0)[:, None]
-    return F.conv2d(xp, weight, groups=n * c).reshape(n, c, h, w)
 
 
 def jpeg_per_sample(x: torch.Tensor, qualities: Sequence[int | None]) -> torch.Tensor:
@@ -127,7 +119,7 @@ class SimpleMulti:
 
         x = hr
         if blur_on.any():
-            blurred = filter_per_sample(x, gaussian_kernels(sigma.to(x.device)))
+            blurred = filter2d(x, gaussian_kernels(sigma.to(x.device)))
             x = torch.where(blur_on.to(x.device)[:, None, None, None], blurred, x)
         x = bicubic_down(x, self.scale)
         noise = torch.randn(x.shape, generator=g, device=g.device).to(x.device)

@@ -4,14 +4,25 @@ import math
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from scipy import special, stats
 
-from srcore.degradations import filter_per_sample
 from srcore.kernels import (KERNEL_SIZES, KERNEL_TYPES, PAPER_KERNEL_PROB, bivariate_gaussian,
                             bivariate_generalized_gaussian, bivariate_plateau, filter2d, final_sinc_kernels,
                             kernels_from_params, pulse_kernels, random_mixed_kernels, reflect_pad,
                             sample_final_sinc_params, sample_kernel_params, sep_filter2d, sinc_kernels)
 
+
+
+# Reference: per-sample filtering as one grouped convolution (reflect-101 borders).
+def filter_per_sample(x: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+    """Convolve sample i of x with kernels[i] (reflect-101 borders), as one grouped conv."""
+    n, c, h, w = x.shape
+    k = kernels.shape[-1]
+    pad = k // 2
+    xp = F.pad(x.reshape(1, n * c, h, w), (pad, pad, pad, pad), mode="reflect")
+    weight = kernels.to(x.dtype).repeat_interleave(c, dim=0)[:, None]
+    return F.conv2d(xp, weight, groups=n * c).reshape(n, c, h, w)
 
 def _moments(k: torch.Tensor) -> np.ndarray:
     """Covariance [[E xx, E xy], [E xy, E yy]] of a kernel, x = column offset, y = row offset."""
