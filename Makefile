@@ -7,7 +7,7 @@ SWEEP ?=
 export WANDB_ERROR_REPORTING ?= false
 export WANDB_SILENT ?= true
 
-.PHONY: setup demo test test-slow test-all tables bench clean
+.PHONY: setup demo test test-slow test-all tables bench bench-launchers slurm-up slurm-down clean
 
 setup: $(STAMP)
 
@@ -40,6 +40,18 @@ tables: setup
 # Degradation throughput vs a per-image reference, and a training iteration vs the bare step.
 bench: setup
 	$(PY) benchmarks/bench_degradation.py
+
+# Launcher overhead: a 9-job smoke sweep under local, local_parallel and slurm (if up).
+bench-launchers: setup
+	$(PY) benchmarks/bench_launchers.py
+
+# A real single-node SLURM cluster on this machine (root; installs Debian's packages if
+# missing), with accounting, for launcher=slurm and its tests. State in .slurm/.
+slurm-up:
+	$(PYTHON) -m sweeper.localslurm up --install
+
+slurm-down:
+	$(PYTHON) -m sweeper.localslurm down
 
 clean:
 	rm -rf outputs multirun

@@ -28,6 +28,15 @@ from srcore.schedule import CosineAnnealingRestartLR, ema_update
 log = logging.getLogger(__name__)
 
 
+class Interrupted(Exception):
+    """Training stopped on request (a preemption or timeout notice) after saving its state."""
+
+    def __init__(self, iteration: int, checkpoint: Path):
+        super().__init__(f"stopped on request at iteration {iteration}; state saved to {checkpoint}")
+        self.iteration = iteration
+        self.checkpoint = checkpoint
+
+
 @dataclass
 class TrainSettings:
     iterations: int
@@ -83,8 +92,13 @@ def train(
     checkpoint: Path,
     log_metrics: Callable[[dict, int], None] = lambda metrics, step: None,
     validate: Callable[[torch.nn.Module], dict] | None = None,
+    on_iteration: Callable[[int], None] = lambda iteration: None,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> torch.nn.Module:
-    """Train ``model`` in place and return its EMA copy (or the model if ema_decay is 0)."""
+    """Train ``model`` in place and return its EMA copy (or the model if ema_decay is 0).
+
+    ``should_stop`` is polled after every iteration: when it says so, the state is saved
+    and ``Interrupted`` is raised, so a rerun continues exactly where this one stopped."""
     device = resolve_device(cfg.device)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -146,6 +160,12 @@ def train(
             model.train()
             log_metrics(val, iteration)
             log.info("iter %d  %s", iteration, "  ".join(f"{k} {v:.3f}" for k, v in val.items()))
-        if iteration % cfg.ckpt_every == 0 or iteration == cfg.iterations:
+        saved = iteration % cfg.ckpt_every == 0 or iteration == cfg.iterations
+        if saved:
             save(iteration)
+        on_iteration(iteration)
+        if should_stop() and iteration < cfg.iterations:
+            if not saved:
+                save(iteration)
+            raise Interrupted(iteration, Path(checkpoint))
     return ema if cfg.ema_decay > 0 else model

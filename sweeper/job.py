@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import time
+import traceback
 from pathlib import Path
 
 import torch
@@ -17,13 +19,14 @@ from srcore.degradations import build_degradation
 from srcore.evaluate import evaluate
 from srcore.models import build_model
 from srcore.models.checkpoint import save_weights
-from srcore.train import TrainSettings, resolve_device, train
+from srcore.train import Interrupted, TrainSettings, resolve_device, train
+from sweeper.jobstate import RESULTS, JobStatus, where
 from sweeper.naming import run_id
+from sweeper.preemption import StopRequest
 from sweeper.preflight import validate_config
 
 log = logging.getLogger(__name__)
 
-RESULTS = "results.json"
 CHECKPOINT = "checkpoint.pt"
 WEIGHTS = "model.pt"
 
@@ -79,6 +82,11 @@ def start_wandb(cfg: DictConfig, job_dir: Path, job_name: str, tags: list[str]):
 
 
 def run_job(cfg: DictConfig, job_dir: Path, job_name: str, tags: list[str]) -> dict:
+    """Run one job to its results, recording in ``status.json`` how it went.
+
+    A preemption/timeout signal saves the state and hands over to the requeue (see
+    ``sweeper.preemption``); any other failure is written down with its reason and
+    re-raised, so the sweep goes on with the other jobs and reports this one."""
     job_dir = Path(job_dir)
     results_path = job_dir / RESULTS
     if results_path.exists():
@@ -86,6 +94,24 @@ def run_job(cfg: DictConfig, job_dir: Path, job_name: str, tags: list[str]) -> d
         return json.loads(results_path.read_text())["metrics"]
     validate_config(cfg)
     job_dir.mkdir(parents=True, exist_ok=True)
+    status = JobStatus(job_dir, job_name, cfg.train.iterations)
+    with StopRequest() as stop:
+        try:
+            return _train_and_evaluate(cfg, job_dir, job_name, tags, status, stop)
+        except Interrupted as e:
+            status.write(state="interrupted", iteration=e.iteration,
+                         reason=f"{signal.Signals(stop.signum).name} at iteration {e.iteration}; state saved")
+            log.warning("%s: %s", job_name, e)
+            stop.hand_over()
+            raise
+        except Exception as e:
+            status.write(state="failed", reason=f"{type(e).__name__}: {e}"[:500],
+                         traceback=traceback.format_exc()[-4000:])
+            raise
+
+
+def _train_and_evaluate(cfg: DictConfig, job_dir: Path, job_name: str, tags: list[str], status: JobStatus,
+                        stop: StopRequest) -> dict:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     settings = train_settings(cfg)
@@ -98,6 +124,7 @@ def run_job(cfg: DictConfig, job_dir: Path, job_name: str, tags: list[str]) -> d
     model = model_from_config(cfg)
 
     val_images = {cfg.data.val_set: test_sets[cfg.data.val_set][: cfg.data.val_max_images]} if cfg.data.val_set else {}
+    val_key = f"val/{cfg.data.val_set}/clean/psnr"
 
     def validate(net):
         _, means = evaluate(net, val_images, ["clean"], cfg.scale, cfg.eval.crop_border, cfg.eval.noise_seed,
@@ -105,15 +132,22 @@ def run_job(cfg: DictConfig, job_dir: Path, job_name: str, tags: list[str]) -> d
         return {f"val/{k}": v for k, v in means.items()}
 
     run = start_wandb(cfg, job_dir, job_name, tags)
+
+    def log_metrics(metrics: dict, step: int) -> None:
+        run.log(metrics, step=step)
+        if val_key in metrics:
+            status.write(iteration=step, val_psnr=metrics[val_key])
+
     exit_code = 1
     try:
         t0 = time.perf_counter()
-        final = train(model, patches, degrade, settings, job_dir / CHECKPOINT,
-                      log_metrics=lambda metrics, step: run.log(metrics, step=step),
-                      validate=validate if val_images else None)
+        final = train(model, patches, degrade, settings, job_dir / CHECKPOINT, log_metrics=log_metrics,
+                      validate=validate if val_images else None, on_iteration=status.heartbeat,
+                      should_stop=lambda: stop.requested)
         train_seconds = time.perf_counter() - t0
         save_weights(model, job_dir / WEIGHTS, ema_model=final if final is not model else None)
 
+        status.write(iteration=cfg.train.iterations, phase="evaluating")
         t0 = time.perf_counter()
         net = final if cfg.eval.use_ema else model
         rows, means = evaluate(net, test_sets, list(cfg.eval.degradations), cfg.scale, cfg.eval.crop_border,
@@ -128,10 +162,15 @@ def run_job(cfg: DictConfig, job_dir: Path, job_name: str, tags: list[str]) -> d
         run.log({"test/per_image": wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows])})
         results = {"job": job_name, "sweep": cfg.sweep_name, "run_id": run.id, "tags": tags,
                    "config": OmegaConf.to_container(cfg, resolve=True), "metrics": metrics,
-                   "per_image": rows, "train_seconds": train_seconds, "eval_seconds": eval_seconds}
-        atomic_write(results_path, lambda f: json.dump(results, f, indent=1), mode="w")
+                   "per_image": rows, "train_seconds": train_seconds, "eval_seconds": eval_seconds,
+                   "attempt": status.data["attempt"], "ran_on": where()}
+        atomic_write(job_dir / RESULTS, lambda f: json.dump(results, f, indent=1), mode="w")
+        status.write(state="done", phase=None)
         exit_code = 0
         log.info("%s: done (train %.1fs, eval %.1fs)", job_name, train_seconds, eval_seconds)
         return metrics
     finally:
-        run.finish(exit_code=exit_code)
+        try:
+            run.finish(exit_code=exit_code)
+        except Exception as e:  # a signal to the whole job step (scancel) may have ended wandb's service
+            log.warning("%s: wandb could not finish the run: %s", job_name, e)

@@ -1,32 +1,51 @@
-"""Hydra's basic grid sweeper with a pre-flight check.
+"""Hydra's grid sweeper, made safe for long sweeps.
 
-Hydra only discovers plugins inside the ``hydra_plugins`` namespace, so this thin
-class lives here; the checks themselves are ``sweeper.preflight``.
+Before anything is launched it composes and validates every job (one bad combination
+fails the sweep, naming the job and the value), writes the sweep's job list for
+``python -m sweeper.status`` and leaves out jobs that already have results. After the
+launch, a failed job does not hide the others: every failure is recorded with its
+reason, listed, and the sweep exits non-zero. Running the same command again runs only
+the failed and missing jobs.
+
+Hydra only discovers plugins inside the ``hydra_plugins`` namespace, so this class lives
+here; the checks themselves are ``sweeper.preflight``.
 """
 from __future__ import annotations
 
 import logging
 import sys
+import time
+from pathlib import Path
 from typing import Any
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.utils import JobStatus
+from omegaconf import OmegaConf
 
+from sweeper.jobstate import MANIFEST, RESULTS, job_labels, record_failure, write_json
 from sweeper.naming import result_overrides
 from sweeper.preflight import PreflightError, validate_config
 
 log = logging.getLogger(__name__)
 
 
+def failure_reason(ret) -> str:
+    err = ret._return_value
+    return f"{type(err).__name__}: {err}" if isinstance(err, BaseException) else str(err)
+
+
 class ValidatingSweeper(BasicSweeper):
     def sweep(self, arguments: list[str]) -> Any:
-        """Compose and validate every job's config; launch nothing if any is bad."""
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         params = [f"{k}={v}" for k, v in (self.params or {}).items()] + list(arguments)
-        jobs = [job for batch in self.split_arguments(parser.parse_overrides(params), None) for job in batch]
-        problems = []
+        jobs = [list(job) for batch in self.split_arguments(parser.parse_overrides(params), None) for job in batch]
+        sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
+
+        problems, job_dirs = [], []
         for overrides in jobs:
-            job_cfg = self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            job_cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
+            job_dirs.append(sweep_dir / str(job_cfg.hydra.sweep.subdir))
             try:
                 validate_config(job_cfg)
             except PreflightError as e:
@@ -37,4 +56,34 @@ class ValidatingSweeper(BasicSweeper):
                   + "\n  ".join(problems), file=sys.stderr)
             raise SystemExit(2)
         log.info("pre-flight: %d jobs validated", len(jobs))
-        return super().sweep(arguments)
+
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        write_json(sweep_dir / MANIFEST, {
+            "sweep": str(self.config.get("sweep_name")), "created": time.time(),
+            "jobs": [{"name": d.name, "overrides": result_overrides(o)} for d, o in zip(job_dirs, jobs)]})
+
+        todo = [i for i, d in enumerate(job_dirs) if not (d / RESULTS).exists()]
+        if len(todo) < len(jobs):
+            log.info("%d of %d jobs finished earlier; launching the other %d", len(jobs) - len(todo), len(jobs),
+                     len(todo))
+        batch_size = self.max_batch_size or len(todo) or 1
+        labels = job_labels([result_overrides(o) for o in jobs])
+        failures, returns = [], []
+        for start in range(0, len(todo), batch_size):
+            batch = todo[start:start + batch_size]
+            results = self.launcher.launch([jobs[i] for i in batch], initial_job_idx=start)
+            returns.append(results)
+            for i, ret in zip(batch, results):
+                if ret.status == JobStatus.FAILED:
+                    reason = failure_reason(ret)
+                    record_failure(job_dirs[i], reason)
+                    failures.append((labels[i], reason))
+        if failures:
+            lines = [f"job [{label}]: {reason.splitlines()[0][:300]}" for label, reason in failures]
+            print(f"error: {len(failures)} of {len(jobs)} jobs failed ({len(jobs) - len(failures)} done):\n  "
+                  + "\n  ".join(lines)
+                  + f"\nDetails: <job>/status.json; `python -m sweeper.status {sweep_dir}`."
+                  "\nRun the same command again to rerun only the failed and missing jobs.", file=sys.stderr)
+            raise SystemExit(1)
+        return returns

@@ -1,0 +1,173 @@
+"""Fault isolation, preemption-safe resume, a random SIGKILL, the parallel launcher and
+the status command, on real sweeps (`python -m sweeper -m ...` in a subprocess)."""
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from sweeper.jobstate import job_labels, job_state, write_json
+from sweeper.status import main as status_main
+from tests.conftest import ROOT, TINY, run_sweeper
+
+LONG = [*TINY, "train.iterations=200", "train.log_every=50", "train.val_every=100", "train.ckpt_every=50"]
+
+
+def sweep_dir(out):
+    return next((out / "sweeps").iterdir())
+
+
+def results(sweep):
+    return {d.name: json.loads((d / "results.json").read_text()) for d in sweep.iterdir() if (d / "results.json").exists()}
+
+
+def same_weights(a, b):
+    wa, wb = (torch.load(d / "model.pt", weights_only=True) for d in (a, b))
+    return all(torch.equal(wa[k][n], wb[k][n]) for k in wa for n in wa[k])
+
+
+def start_sweeper(args, out):
+    env = {**os.environ, "SR_OUTPUT_ROOT": str(out), "HYDRA_FULL_ERROR": "0"}
+    return subprocess.Popen([sys.executable, "-m", "sweeper", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def wait_for_iteration(job_dir, at_least, timeout=120):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            status = json.loads((job_dir / "status.json").read_text())
+            if status.get("iteration", 0) >= at_least:
+                return status
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
+        time.sleep(0.05)
+    raise AssertionError(f"{job_dir} never reached iteration {at_least}")
+
+
+def test_a_failing_job_is_recorded_the_others_finish_and_a_rerun_runs_only_it(tmp_path):
+    args = ["-m", *TINY, "train.lr=1e-3,1e30", "dropout.p=0.1,0.5"]
+    proc = run_sweeper(args, tmp_path, check=False)
+    assert proc.returncode == 1
+    assert "error: 2 of 4 jobs failed (2 done)" in proc.stderr
+    assert proc.stderr.count("FloatingPointError: loss is nan") == 2
+    assert "job [dropout.p=0.1 train.lr=1e+30]" in proc.stderr
+    sweep = sweep_dir(tmp_path)
+    assert len(results(sweep)) == 2
+    states = sorted(job_state(d)[0] for d in sweep.iterdir() if d.is_dir() and not d.name.startswith("."))
+    assert states == ["done", "done", "failed", "failed"]
+
+    again = run_sweeper(args, tmp_path, check=False)
+    assert "2 of 4 jobs finished earlier; launching the other 2" in again.stderr + again.stdout
+    assert again.returncode == 1
+    failed = [json.loads(p.read_text()) for p in sweep.glob("*/status.json")]
+    assert sorted(s["attempt"] for s in failed if s["state"] == "failed") == [2, 2]
+
+
+def test_sigusr2_saves_the_state_and_the_rerun_ends_bit_identical(tmp_path):
+    ref = run_sweeper(["-m", *LONG], tmp_path / "ref")
+    assert ref.returncode == 0
+    proc = start_sweeper(["-m", *LONG], tmp_path / "run")
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list((tmp_path / "run").glob("sweeps/*/*/status.json")):
+        time.sleep(0.05)
+    job = next((tmp_path / "run").glob("sweeps/*/*/status.json")).parent
+    wait_for_iteration(job, 20)
+    proc.send_signal(signal.SIGUSR2)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGUSR2, out[-2000:]
+    status = json.loads((job / "status.json").read_text())
+    assert status["state"] == "interrupted" and "SIGUSR2" in status["reason"]
+    stopped_at = torch.load(job / "checkpoint.pt", weights_only=True)["iteration"]
+    assert 20 <= stopped_at < 200 and stopped_at == status["iteration"]
+
+    run_sweeper(["-m", *LONG], tmp_path / "run")
+    (ref_res,), (res,) = results(sweep_dir(tmp_path / "ref")).values(), results(sweep_dir(tmp_path / "run")).values()
+    assert res["metrics"] == ref_res["metrics"] and res["attempt"] == 2
+    assert same_weights(job, sweep_dir(tmp_path / "ref") / job.name)
+
+
+def test_sigkill_at_a_random_point_then_rerun_gives_the_uninterrupted_metrics(tmp_path):
+    grid = ["-m", *LONG, "dropout.p=0.1,0.5"]
+    t0 = time.monotonic()
+    run_sweeper(grid, tmp_path / "ref")
+    duration = time.monotonic() - t0
+    seed = random.randrange(2**32)
+    delay = random.Random(seed).uniform(1.0, duration)
+    print(f"killing after {delay:.2f} s of {duration:.2f} s (seed {seed})")
+    proc = start_sweeper(grid, tmp_path / "run")
+    time.sleep(delay)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=60)
+    run_sweeper(grid, tmp_path / "run")
+    ref, got = results(sweep_dir(tmp_path / "ref")), results(sweep_dir(tmp_path / "run"))
+    assert got.keys() == ref.keys() and len(got) == 2
+    for name in ref:
+        assert got[name]["metrics"] == ref[name]["metrics"], f"{name} differs after a kill at {delay:.2f} s"
+        assert same_weights(sweep_dir(tmp_path / "run") / name, sweep_dir(tmp_path / "ref") / name)
+
+
+def test_local_parallel_caps_concurrency_and_gives_each_job_its_own_gpu(tmp_path):
+    args = ["-m", *TINY, "train.iterations=60", "dropout.p=0.1,0.2,0.3,0.4,0.5", "launcher=local_parallel",
+            "hydra.launcher.max_parallel=2", "hydra.launcher.gpus=[3,5]"]
+    proc = run_sweeper(args, tmp_path)
+    assert "at most 2 at once, GPUs 3,5, 1 CPU threads each" in proc.stdout + proc.stderr
+    runs = list(results(sweep_dir(tmp_path)).values())
+    assert len(runs) == 5
+    spans = []
+    for r in runs:
+        status = json.loads((sweep_dir(tmp_path) / r["job"] / "status.json").read_text())
+        spans.append((status["attempt_started"], status["updated"], r["ran_on"]["cuda_visible_devices"],
+                      r["ran_on"]["pid"]))
+    assert {s[2] for s in spans} == {"3", "5"}
+    assert len({s[3] for s in spans}) == 5  # one process per job
+    overlaps = 0
+    for i, (a0, a1, dev_a, _) in enumerate(spans):
+        concurrent = [b for j, b in enumerate(spans) if j != i and b[0] < a1 and a0 < b[1]]
+        at_start = [b for b in concurrent if b[0] <= a0 < b[1]]
+        assert len(at_start) <= 1, "more than 2 jobs ran at once"
+        assert all(b[2] != dev_a for b in at_start), "two concurrent jobs shared a GPU"
+        overlaps += bool(concurrent)
+    assert overlaps >= 2, "the jobs never ran concurrently"
+
+
+def test_status_reports_pending_running_failed_and_done(tmp_path, capsys):
+    sweep = tmp_path / "sweep"
+    names = ["a", "b", "c", "d", "e"]
+    write_json(sweep / "jobs.json", {"jobs": [{"name": n, "overrides": [f"dropout.p=0.{i}", "seed=0"]}
+                                              for i, n in enumerate(names)]})
+    now = time.time()
+    base = {"iterations": 100, "host": os.uname().nodename, "started": now - 65, "updated": now}
+    write_json(sweep / "b" / "status.json", {**base, "state": "running", "iteration": 40, "val_psnr": 25.5,
+                                             "pid": os.getpid()})
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    write_json(sweep / "c" / "status.json", {**base, "state": "running", "iteration": 10, "pid": dead.pid})
+    write_json(sweep / "d" / "status.json", {**base, "state": "failed", "iteration": 3, "pid": 1,
+                                             "reason": "FloatingPointError: loss is nan at iteration 3"})
+    write_json(sweep / "e" / "status.json", {**base, "state": "done", "iteration": 100, "pid": 1})
+    write_json(sweep / "e" / "results.json", {"metrics": {}})
+    assert status_main([str(sweep)]) == 1
+    out = capsys.readouterr().out.splitlines()
+    lines = dict(zip(names, out[2:7]))
+    assert lines["a"].startswith("pending") and lines["a"].endswith("dropout.p=0.0")
+    assert lines["b"].split()[:4] == ["running", "40/100", "25.50", "0:01:05"]
+    assert lines["c"].startswith("failed") and "its process is gone" in lines["c"] and "last iteration 10" in lines["c"]
+    assert lines["d"].startswith("failed") and "loss is nan at iteration 3" in lines["d"]
+    assert lines["e"].startswith("done") and "100/100" in lines["e"]
+    assert out[-1] == "5 jobs: 1 done, 2 failed, 1 running, 1 pending"
+
+
+def test_status_of_a_missing_folder_is_a_clear_error(tmp_path, capsys):
+    assert status_main([str(tmp_path / "nope")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+
+
+def test_job_labels_keep_only_the_overrides_that_vary():
+    assert job_labels([["a=1", "b=2"], ["a=1", "b=3"]]) == ["b=2", "b=3"]
+    assert job_labels([["a=1"]]) == ["a=1"]

@@ -1,0 +1,104 @@
+"""A real SLURM cluster (`make slurm-up`): a 4-job smoke sweep as one job array; one job is
+preempted (SIGUSR2), saves its state, is requeued by submitit and resumes to the result of
+an uninterrupted run; one job is cancelled and reported as failed while the others finish.
+
+Skipped when no cluster answers, unless SR_REQUIRE_SLURM=1 (CI sets it)."""
+import json
+import os
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import TINY, run_sweeper
+from tests.test_fault_tolerance import results, same_weights, start_sweeper, sweep_dir, wait_for_iteration
+
+pytestmark = pytest.mark.slurm
+
+
+def cluster_up() -> bool:
+    try:
+        proc = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=10)
+    except (FileNotFoundError, subprocess.TimeoutExpired):
+        return False
+    return proc.returncode == 0 and any(s in proc.stdout for s in ("idle", "mixed", "allocated"))
+
+
+@pytest.fixture(scope="module", autouse=True)
+def slurm():
+    if not cluster_up():
+        if os.environ.get("SR_REQUIRE_SLURM") == "1":
+            pytest.fail("SR_REQUIRE_SLURM=1 but no SLURM cluster answers (make slurm-up)")
+        pytest.skip("no SLURM cluster answers: `make slurm-up` starts one")
+
+
+def task_id(status: dict) -> str:
+    return f"{status['slurm_job_id']}_{status['slurm_array_task_id']}"
+
+
+def squeue_state(job: str) -> tuple[str, str]:
+    out = subprocess.run(["squeue", "-h", "-j", job, "-o", "%T %r"], capture_output=True, text=True).stdout.split()
+    return (out[0], out[1]) if len(out) >= 2 else ("", "")
+
+
+SCHEDULE = ["train.iterations=300", "train.log_every=50", "train.val_every=100", "train.ckpt_every=50"]
+SLURM = ["launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.cpus_per_task=1",
+         "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=10"]
+
+
+def test_job_array_with_a_requeued_and_a_cancelled_job(tmp_path):
+    proc = start_sweeper(["-m", *TINY, *SCHEDULE, "dropout.p=0.1,0.2,0.3,0.4", *SLURM], tmp_path / "slurm")
+    try:
+        deadline = time.monotonic() + 120
+        while not list((tmp_path / "slurm").glob("sweeps/*/jobs.json")):
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stdout.read()
+            time.sleep(0.1)
+        sweep = sweep_dir(tmp_path / "slurm")
+        jobs = {o.split("=")[1]: sweep / j["name"] for j in json.loads((sweep / "jobs.json").read_text())["jobs"]
+                for o in j["overrides"] if o.startswith("dropout.p=")}
+        assert sorted(jobs) == ["0.1", "0.2", "0.3", "0.4"]
+
+        # Preempt p=0.1 mid-training: submitit's SIGUSR2 -> the job saves -> scontrol requeue.
+        preempted = task_id(wait_for_iteration(jobs["0.1"], 20, timeout=180))
+        # (not waited for: scancel keeps retrying its other steps after the job requeued itself)
+        signaller = subprocess.Popen(["scancel", "--signal=USR2", preempted], stderr=subprocess.DEVNULL)
+        # SLURM holds a requeued job ~2 min (BeginTime); release it so the test stays short.
+        deadline = time.monotonic() + 180
+        while json.loads((jobs["0.1"] / "status.json").read_text()).get("attempt") != 2:
+            assert time.monotonic() < deadline, "the preempted job was never restarted"
+            if json.loads((jobs["0.1"] / "status.json").read_text())["state"] == "interrupted":
+                signaller.kill()  # or its retries would signal the restarted job too
+            state, reason = squeue_state(preempted)
+            if state == "PENDING" and reason == "BeginTime":
+                subprocess.run(["scontrol", "update", f"JobId={preempted}", "StartTime=now"], check=False)
+            time.sleep(0.5)
+
+        # Cancel p=0.4 while it runs: it must be reported as failed, the others finish.
+        cancelled = task_id(wait_for_iteration(jobs["0.4"], 1, timeout=300))
+        subprocess.run(["scancel", cancelled], check=True)
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if "signaller" in locals() and signaller.poll() is None:
+            signaller.kill()
+    assert proc.returncode == 1, out[-3000:]
+    assert "error: 1 of 4 jobs failed (3 done)" in out
+    assert "job [dropout.p=0.4]" in out and "CANCELLED" in out
+    done = results(sweep)
+    assert sorted(r["config"]["dropout"]["p"] for r in done.values()) == [0.1, 0.2, 0.3]
+    status = json.loads((jobs["0.4"] / "status.json").read_text())
+    assert status["state"] == "failed" and "CANCELLED" in status["reason"]
+    sacct = subprocess.run(["sacct", "-n", "-X", "-j", cancelled, "-o", "State"], capture_output=True, text=True)
+    assert "CANCELLED" in sacct.stdout  # accounting sees it
+
+    resumed = json.loads((jobs["0.1"] / "results.json").read_text())
+    assert resumed["attempt"] == 2 and resumed["ran_on"]["slurm_job_id"] == preempted.split("_")[0]
+    log = "".join(p.read_text() for p in jobs["0.1"].glob("*.log"))
+    assert "resumed from" in log
+
+    # The same job, uninterrupted and with the same thread count, ends identically.
+    run_sweeper(["-m", *TINY, *SCHEDULE, "dropout.p=0.1", "train.threads=1"], tmp_path / "ref")
+    (ref,) = results(sweep_dir(tmp_path / "ref")).values()
+    assert resumed["metrics"] == ref["metrics"]
+    assert same_weights(jobs["0.1"], sweep_dir(tmp_path / "ref") / ref["job"])
