@@ -10,12 +10,14 @@ uninterrupted job would have seen, whatever the number of loader workers.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, Sampler
 
+from srcore.atomic import atomic_write
 from srcore.imageio import list_images, read_image
 
 BUILTIN = "builtin"
@@ -27,7 +29,27 @@ _BUILTIN_TRAIN = ("rocket", "china", "flower", "motorcycle_left", "motorcycle_ri
 _BUILTIN_TEST = ("astronaut", "chelsea", "coffee", "grace_hopper")
 
 
+def _cache_dir() -> Path:
+    return Path(os.environ.get("SR_CACHE_DIR") or Path.home() / ".cache" / "reflash-dropout-sr")
+
+
 def _builtin_image(name: str) -> np.ndarray:
+    """One built-in photograph, decoded once and kept as .npy: importing scikit-learn and
+    matplotlib and decoding the photographs costs ~1 s, paid by every job process."""
+    path = _cache_dir() / "builtin" / f"{name}.npy"
+    try:
+        return np.load(path)
+    except (OSError, ValueError):
+        pass
+    image = _decode_builtin_image(name)
+    try:
+        atomic_write(path, lambda f: np.save(f, image))
+    except OSError:  # a read-only home: decode every time
+        pass
+    return image
+
+
+def _decode_builtin_image(name: str) -> np.ndarray:
     if name in ("china", "flower"):
         from sklearn.datasets import load_sample_image
         return np.ascontiguousarray(load_sample_image(f"{name}.jpg"))

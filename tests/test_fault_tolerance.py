@@ -116,7 +116,9 @@ def test_local_parallel_caps_concurrency_and_gives_each_job_its_own_gpu(tmp_path
     args = ["-m", *TINY, "train.iterations=60", "dropout.p=0.1,0.2,0.3,0.4,0.5", "launcher=local_parallel",
             "hydra.launcher.max_parallel=2", "hydra.launcher.gpus=[3,5]"]
     proc = run_sweeper(args, tmp_path)
-    assert "at most 2 at once, GPUs 3,5, 1 CPU threads each" in proc.stdout + proc.stderr
+    log = proc.stdout + proc.stderr
+    assert "at most 2 at once, GPUs 3,5, 1 CPU threads each" in log
+    assert log.count(" started (slot ") == 5 and log.count(" done") >= 5
     runs = list(results(sweep_dir(tmp_path)).values())
     assert len(runs) == 5
     spans = []
@@ -125,7 +127,8 @@ def test_local_parallel_caps_concurrency_and_gives_each_job_its_own_gpu(tmp_path
         spans.append((status["attempt_started"], status["updated"], r["ran_on"]["cuda_visible_devices"],
                       r["ran_on"]["pid"]))
     assert {s[2] for s in spans} == {"3", "5"}
-    assert len({s[3] for s in spans}) == 5  # one process per job
+    pids = {s[3] for s in spans}
+    assert len(pids) == 2 and os.getpid() not in pids  # one worker process per slot, not the sweeper
     overlaps = 0
     for i, (a0, a1, dev_a, _) in enumerate(spans):
         concurrent = [b for j, b in enumerate(spans) if j != i and b[0] < a1 and a0 < b[1]]
@@ -171,3 +174,21 @@ def test_status_of_a_missing_folder_is_a_clear_error(tmp_path, capsys):
 def test_job_labels_keep_only_the_overrides_that_vary():
     assert job_labels([["a=1", "b=2"], ["a=1", "b=3"]]) == ["b=2", "b=3"]
     assert job_labels([["a=1"]]) == ["a=1"]
+
+
+def test_local_parallel_a_killed_worker_fails_only_its_job(tmp_path):
+    args = ["-m", *LONG, "dropout.p=0.1,0.2,0.3", "launcher=local_parallel", "hydra.launcher.max_parallel=1"]
+    proc = start_sweeper(args, tmp_path)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob("sweeps/*/*/status.json")):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.05)
+    first = next(tmp_path.glob("sweeps/*/*/status.json")).parent
+    victim = wait_for_iteration(first, 10)["pid"]
+    os.kill(victim, signal.SIGKILL)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1, out[-2000:]
+    assert "error: 1 of 3 jobs failed (2 done)" in out
+    assert f"job process died (exit code -{int(signal.SIGKILL)})" in out
+    assert len(results(sweep_dir(tmp_path))) == 2
+    assert job_state(first)[0] == "failed"

@@ -1,4 +1,4 @@
-"""Launchers for sweeps on a multi-GPU box and on SLURM, built on submitit.
+"""Launchers for sweeps on a multi-GPU box and on SLURM.
 
 Both fix what the stock submitit launchers leave to the user (ECOSYSTEM.md):
 - a job that dies (killed, out of memory, cancelled) comes back as a failed ``JobReturn``
@@ -6,21 +6,22 @@ Both fix what the stock submitit launchers leave to the user (ECOSYSTEM.md):
 - each job gets its share of the CPU threads;
 - ``LocalParallelLauncher`` caps the number of jobs running at once and pins each
   running job to its own GPU (``CUDA_VISIBLE_DEVICES``), round-robin over the GPUs.
-Requeue on timeout/preemption is submitit's (``checkpoint`` resubmits the same job); the
-job itself saves and resumes its state (``sweeper.preemption``).
+``SlurmLauncher`` is submitit's job array; requeue on timeout/preemption is submitit's
+(``checkpoint`` resubmits the same job) and the job itself saves and resumes its state
+(``sweeper.preemption``).
 """
 from __future__ import annotations
 
 import logging
 import os
 import signal
-import time
 from collections import deque
 from pathlib import Path
 from typing import Any, Sequence
 
 from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra.plugins.launcher import Launcher
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 
 log = logging.getLogger(__name__)
@@ -63,25 +64,69 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
-class LocalParallelLauncher(BaseSubmititLauncher):
-    """Jobs as local processes, at most ``max_parallel`` at a time, one GPU each."""
+def _worker_main(conn, device: str | None, threads: int | None, log_path: str) -> None:
+    """A long-lived job process: pinned to one GPU, imports paid once, runs jobs it is sent."""
+    os.environ["CUDA_VISIBLE_DEVICES"] = device if device is not None else ""
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    use_threads(threads)
+    import cloudpickle
 
-    _EXECUTOR = "local"
+    while True:
+        try:
+            payload = conn.recv_bytes()
+        except (EOFError, OSError):
+            return
+        fn, args = cloudpickle.loads(payload)
+        exiting = None
+        try:
+            ret = fn(*args)
+        except SystemExit as e:  # a stop signal: the job saved its state and asks to end this process
+            ret, exiting = failed_return(args[0], RuntimeError(f"interrupted (exit {e.code}); state saved, "
+                                                               "run the sweep again to resume")), e
+        except BaseException as e:  # noqa: BLE001 - reported to the parent, which lists the failure
+            ret = failed_return(args[0], e)
+        try:
+            data = cloudpickle.dumps(ret)
+        except Exception:  # an unpicklable exception: keep its text
+            data = cloudpickle.dumps(failed_return(args[0], RuntimeError(repr(ret._return_value))))
+        conn.send_bytes(data)
+        if exiting is not None:
+            raise exiting
+
+
+class LocalParallelLauncher(Launcher):
+    """Jobs on this machine, at most ``max_parallel`` at once, each on its own GPU.
+
+    One worker process per slot, pinned to its GPU (``CUDA_VISIBLE_DEVICES``) with its share
+    of the CPU threads, runs the slot's jobs one after the other: the imports and wandb's
+    service start once per slot, not once per job. A worker that dies (killed, segfault,
+    out of memory) fails only its current job and is replaced."""
 
     def __init__(self, max_parallel: int | None = None, gpus: Sequence[Any] | None = None,
-                 threads_per_job: int | None = None, poll_s: float = 0.1, **params: Any) -> None:
-        super().__init__(**params)
+                 threads_per_job: int | None = None) -> None:
+        self.config = self.hydra_context = self.task_function = None
         self.gpus = [str(g) for g in gpus] if gpus is not None else None
         self.max_parallel = max_parallel
         self.threads_per_job = threads_per_job
-        self.poll_s = poll_s
 
-    def __call__(self, sweep_overrides, job_dir_key, job_num, job_id, singleton_state,
-                 device: str | None = None, threads: int | None = None) -> JobReturn:
-        # Runs in the job's own process, before anything touches CUDA.
-        os.environ["CUDA_VISIBLE_DEVICES"] = device if device is not None else ""
-        use_threads(threads)
-        return super().__call__(sweep_overrides, job_dir_key, job_num, job_id, singleton_state)
+    def setup(self, *, hydra_context, task_function, config) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+
+    def __call__(self, sweep_overrides, job_dir_key, job_num, job_id, singleton_state) -> JobReturn:
+        # In the worker: what submitit's launcher does, without a submitit job environment.
+        from hydra.core.utils import run_job, setup_globals
+        from omegaconf import open_dict
+
+        Singleton.set_state(singleton_state)
+        setup_globals()
+        sweep_config = self.hydra_context.config_loader.load_sweep_config(self.config, sweep_overrides)
+        with open_dict(sweep_config.hydra.job):
+            sweep_config.hydra.job.id = job_id
+            sweep_config.hydra.job.num = job_num
+        return run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=sweep_config,
+                       job_dir_key=job_dir_key, job_subdir_key="hydra.sweep.subdir")
 
     def plan(self) -> tuple[int, list[str], int]:
         """(cap on concurrent jobs, GPUs to hand out, CPU threads per job)."""
@@ -94,46 +139,77 @@ class LocalParallelLauncher(BaseSubmititLauncher):
         return cap, gpus, threads
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        import submitit
+        import multiprocessing as mp
+        from multiprocessing.connection import wait
+
+        import cloudpickle
 
         cap, gpus, threads = self.plan()
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        sweep_dir.mkdir(parents=True, exist_ok=True)
-        executor = submitit.LocalExecutor(folder=self.params["submitit_folder"])
-        executor.update_parameters(timeout_min=self.params.get("timeout_min", 60 * 24 * 7))
-        log.info("local_parallel: %d jobs, at most %d at once, GPUs %s, %d CPU threads each",
-                 len(job_overrides), cap, ",".join(gpus) or "none", threads)
+        logs = sweep_dir / ".workers"
+        logs.mkdir(parents=True, exist_ok=True)
+        log.info("local_parallel: %d jobs, at most %d at once, GPUs %s, %d CPU threads each (worker logs: %s)",
+                 len(job_overrides), cap, ",".join(gpus) or "none", threads, logs)
+        ctx = mp.get_context("spawn")  # a fresh interpreter: no CUDA state or locks inherited
+        workers: dict[int, tuple[Any, Any]] = {}
+
+        def start_worker(slot: int):
+            device = gpus[slot % len(gpus)] if gpus else None
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker_main, args=(child, device, threads, str(logs / f"slot{slot}.log")),
+                               name=f"sr-slot{slot}")
+            proc.start()
+            child.close()
+            workers[slot] = (proc, parent)
 
         pending = deque(enumerate(job_overrides))
-        free_slots = list(range(cap))
-        running: dict[int, tuple[Any, int]] = {}
+        busy: dict[int, int] = {}  # slot -> job index
         results: list[JobReturn | None] = [None] * len(job_overrides)
         try:
-            while pending or running:
-                while pending and free_slots:
-                    slot = free_slots.pop(0)
+            for slot in range(min(cap, len(job_overrides))):
+                start_worker(slot)
+            while pending or busy:
+                for slot in [s for s in workers if s not in busy]:
+                    if not pending:
+                        break
                     i, overrides = pending.popleft()
+                    n = initial_job_idx + i
+                    args = (list(overrides), "hydra.sweep.dir", n, f"{os.getpid()}_{n}", Singleton.get_state())
+                    workers[slot][1].send_bytes(cloudpickle.dumps((self, args)))
+                    busy[slot] = i
                     device = gpus[slot % len(gpus)] if gpus else None
-                    job = executor.submit(self, list(overrides), "hydra.sweep.dir", initial_job_idx + i,
-                                          f"job_id_for_{initial_job_idx + i}", Singleton.get_state(), device, threads)
-                    running[i] = (job, slot)
-                    log.info("\t#%d started (GPU %s): %s", initial_job_idx + i, device,
+                    log.info("\t#%d started (slot %d, GPU %s): %s", n, slot, device,
                              " ".join(filter_overrides(overrides)))
-                time.sleep(self.poll_s)
-                for i, (job, slot) in list(running.items()):
-                    if job.done():
-                        results[i] = collect(job, job_overrides[i])
-                        free_slots.append(slot)
-                        del running[i]
+                ready = wait([workers[s][1] for s in busy] + [workers[s][0].sentinel for s in busy])
+                for slot, i in list(busy.items()):
+                    proc, conn = workers[slot]
+                    if conn in ready or proc.sentinel in ready:
+                        try:
+                            results[i] = cloudpickle.loads(conn.recv_bytes())
+                        except (EOFError, OSError):
+                            proc.join()
+                            results[i] = failed_return(job_overrides[i], RuntimeError(
+                                f"job process died (exit code {proc.exitcode}); log: {logs / f'slot{slot}.log'}"))
+                        del busy[slot]
+                        status = "done" if results[i].status == JobStatus.COMPLETED else "FAILED"
+                        log.info("\t#%d %s", initial_job_idx + i, status)
+                        if not proc.is_alive() or proc.sentinel in ready:
+                            proc.join(timeout=10)
+                            conn.close()
+                            start_worker(slot) if pending else workers.pop(slot)
         except KeyboardInterrupt:
             # Let each running job save its state (SIGTERM -> checkpoint -> exit); a rerun resumes.
-            for job, _ in running.values():
-                if job._process is not None:
-                    job._process.send_signal(signal.SIGTERM)
-            for job, _ in running.values():
-                if job._process is not None:
-                    job._process.wait(timeout=120)
+            for proc, _ in workers.values():
+                if proc.is_alive():
+                    os.kill(proc.pid, signal.SIGTERM)
+            for proc, _ in workers.values():
+                proc.join(timeout=120)
             raise
+        finally:
+            for proc, conn in workers.values():
+                conn.close()  # the worker sees EOF and ends
+            for proc, _ in workers.values():
+                proc.join(timeout=30)
         return results
 
 
