@@ -6,6 +6,7 @@ column per final metric.
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -27,7 +28,23 @@ def runs_frame(root: str | Path) -> pd.DataFrame:
     rows = []
     for run in read_runs(Path(root), history=False, skip_corrupt=True):
         metrics = {k: v for k, v in run.summary.items() if k.startswith("test/") and isinstance(v, (int, float))}
-        rows.append({"sweep": run.group, "sweep_dir": str(_sweep_dir(run)), "run_id": run.run_id,
+        rows.append({"sweep": run.group, "sweep_dir": str(_sweep_dir(run)), "run_dir": str(run.path.parent),
+                     "run_id": run.run_id,
                      "name": run.name, "state": run.state, "runtime": run.runtime,
                      **parse_tags(run.tags), **metrics})
     return pd.DataFrame(rows)
+
+
+def per_image_frame(runs: pd.DataFrame) -> pd.DataFrame:
+    """Per-image metrics of the runs (the ``test/per_image`` wandb table each job logs, saved
+    by wandb under ``files/media/table/``): run_id, set, image, degradation, metrics."""
+    frames = []
+    for run_id, run_dir in zip(runs["run_id"], runs["run_dir"]):
+        tables = sorted(Path(run_dir).glob("files/media/table/test/per_image_*.table.json"))
+        if not tables:
+            continue
+        data = json.loads(tables[-1].read_text())
+        frames.append(pd.DataFrame(data["data"], columns=data["columns"]).assign(run_id=run_id))
+    if not frames:
+        return pd.DataFrame(columns=["run_id", "set", "image", "degradation"])
+    return pd.concat(frames, ignore_index=True)

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.runs import runs_frame
+from analysis.runs import per_image_frame, runs_frame
+from analysis.stats import AVERAGE, ablation_stats
 from srcore.eval_degradations import TEST_DEGRADATIONS
 
 
@@ -37,6 +38,42 @@ def ablation_table(runs: pd.DataFrame, metric: str = "psnr") -> pd.DataFrame:
     return table
 
 
+def format_cell(row, bold: str = "**{}**") -> str:
+    """'mean ± std (Δ [lo, hi])'; the best mean of a column in bold; missing runs say why."""
+    if pd.isna(row.get("mean")):
+        return row.get("status") if row.get("status") not in (None, "finished") else "—"
+    text = f"{row['mean']:.2f}"
+    if pd.notna(row.get("std")):
+        text += f" ± {row['std']:.2f}"
+    if row.get("best"):
+        text = bold.format(text)
+    if pd.notna(row.get("delta")):
+        ci = f" [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]" if pd.notna(row.get("ci_low")) else ""
+        text += f" ({row['delta']:+.2f}{ci})"
+    if row.get("status") not in (None, "finished"):
+        text += f" ({row['status']} runs left out)"
+    return text
+
+
+def formatted_table(stats: pd.DataFrame, bold: str = "**{}**") -> pd.DataFrame:
+    """Rows = settings (in launch order), columns = (set, degradation), cells = format_cell."""
+    keys = [c for c in stats.columns if c not in {"set", "degradation", "n", "mean", "std", "baseline", "status",
+                                                   "delta", "ci_low", "ci_high", "best"}]
+    cells = stats.assign(cell=[format_cell(r, bold) for r in stats.to_dict("records")])
+    present = cells.dropna(subset=["set"])
+    table = present.pivot_table(index=keys, columns=["set", "degradation"], values="cell", aggfunc="first",
+                                sort=False)
+    table = table.reindex(stats[keys].drop_duplicates().set_index(keys).index)
+    sets = [x for x in dict.fromkeys(present["set"]) if x != AVERAGE] + ([AVERAGE] if AVERAGE in set(present["set"])
+                                                                          else [])
+    degs = [d for d in TEST_DEGRADATIONS if d in set(present["degradation"])]
+    table = table.reindex(columns=pd.MultiIndex.from_product([sets, degs], names=["set", "degradation"]))
+    missing = stats[stats["set"].isna()].set_index(keys)["status"]
+    for key, status in missing.items():
+        table.loc[key] = status
+    return table.fillna("—")
+
+
 def to_markdown(table: pd.DataFrame, title: str) -> str:
     parts = [f"## {title}"]
     for test_set in table.columns.get_level_values(0).unique():
@@ -50,7 +87,8 @@ def to_latex(table: pd.DataFrame, caption: str) -> str:
     index_names = list(table.index.names)
     sets = list(table.columns.get_level_values(0).unique())
     degs = list(table.columns.get_level_values(1))
-    esc = lambda s: str(s).replace("_", r"\_").replace("&", r"\&").replace("%", r"\%")
+    esc = lambda s: (str(s).replace("_", r"\_").replace("&", r"\&").replace("%", r"\%")  # noqa: E731
+                     .replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace("—", "--"))
     lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{esc(caption)}}}",
              r"\begin{tabular}{" + "l" * len(index_names) + "r" * len(degs) + "}", r"\toprule"]
     group = " & " * (len(index_names) - 1)
@@ -59,19 +97,24 @@ def to_latex(table: pd.DataFrame, caption: str) -> str:
     lines.append(r"\midrule")
     for key, row in table.iterrows():
         key = key if isinstance(key, tuple) else (key,)
-        cells = ["--" if pd.isna(v) else f"{v:.2f}" for v in row]
+        cells = [("--" if pd.isna(v) else f"{v:.2f}") if not isinstance(v, str) else esc(v) for v in row]
         lines.append(" & ".join(esc(k) for k in key) + "".join(f" & {c}" for c in cells) + r" \\")
     lines += [r"\bottomrule", r"\end{tabular}", r"\end{table}"]
     return "\n".join(lines) + "\n"
 
 
 def write_tables(runs: pd.DataFrame, out_dir: Path, title: str, metric: str = "psnr") -> str:
-    table = ablation_table(runs, metric)
+    """<metric>.md / .tex: mean ± std over seeds, (Δ vs no dropout [95% bootstrap interval]),
+    best per column in bold; <metric>.csv: the means; <metric>_stats.csv: every number."""
+    stats = ablation_stats(runs, per_image_frame(runs), metric)
     out_dir.mkdir(parents=True, exist_ok=True)
-    md = to_markdown(table, title)
+    md = to_markdown(formatted_table(stats), title)
+    md += (f"\nCells: {metric} mean ± std over seeds; (Δ vs the no-dropout baseline of the same setting "
+           "[paired per-image bootstrap 95% interval]); best mean per column in bold.\n")
     (out_dir / f"{metric}.md").write_text(md)
-    (out_dir / f"{metric}.tex").write_text(to_latex(table, f"{title}: {metric}"))
-    table.to_csv(out_dir / f"{metric}.csv")
+    (out_dir / f"{metric}.tex").write_text(to_latex(formatted_table(stats, r"\textbf{{{}}}"), f"{title}: {metric}"))
+    ablation_table(runs, metric).to_csv(out_dir / f"{metric}.csv")
+    stats.to_csv(out_dir / f"{metric}_stats.csv", index=False)
     return md
 
 

@@ -14,7 +14,8 @@ i.e. the slot-seconds not spent in a job's own training and evaluation, divided 
 number of jobs: process start-up, imports, config composition, data loading, model build,
 wandb init/finish, submission, scheduling and polling. ``slots`` is the number of jobs
 that run at once (1 for local; the cap for local_parallel; the CPUs / cpus_per_task for
-slurm). ``tail idle`` is the slot-time left empty because the grid had no job left to
+slurm). ``slurm_packed`` packs the 9 jobs into one array task per slot
+(``hydra.launcher.jobs_per_task``). ``tail idle`` is the slot-time left empty because the grid had no job left to
 start (after the last job started, slots minus running jobs, integrated from the jobs'
 own start/end stamps in status.json); 9 jobs on 2 slots always leave one slot idle at
 the end, which is not the launcher's doing. The raw figure (without that correction) is
@@ -39,6 +40,9 @@ LAUNCHERS = {
     "local_parallel": (["launcher=local_parallel", f"hydra.launcher.max_parallel={CPUS}"], CPUS),
     "slurm": (["launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.cpus_per_task=1",
                "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=30"], CPUS),
+    "slurm_packed": (["launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.cpus_per_task=1",
+                      "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=30",
+                      f"hydra.launcher.jobs_per_task={-(-9 // CPUS)}"], CPUS),
 }
 
 
@@ -88,8 +92,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--launchers", nargs="+", default=list(LAUNCHERS), choices=list(LAUNCHERS))
     args = ap.parse_args()
-    names = [n for n in args.launchers if n != "slurm" or slurm_up()]
-    if "slurm" in args.launchers and "slurm" not in names:
+    names = [n for n in args.launchers if not n.startswith("slurm") or slurm_up()]
+    if any(n.startswith("slurm") for n in args.launchers) and not any(n.startswith("slurm") for n in names):
         print("slurm: no cluster answers (make slurm-up); skipped")
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

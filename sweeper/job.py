@@ -151,8 +151,17 @@ def _train_and_evaluate(cfg: DictConfig, job_dir: Path, job_name: str, tags: lis
 
     run = start_wandb(cfg, job_dir, job_name, tags)
 
+    wandb_lost = []
+
     def log_metrics(metrics: dict, step: int) -> None:
-        run.log(metrics, step=step)
+        # A signal sent to the whole job step (scancel, preemption) also ends wandb's service
+        # process: training must still reach its next iteration and save its state.
+        if not wandb_lost:
+            try:
+                run.log(metrics, step=step)
+            except Exception as e:  # noqa: BLE001
+                wandb_lost.append(e)
+                log.warning("%s: wandb stopped logging (%s); training goes on", job_name, e)
         if val_key in metrics:
             status.write(iteration=step, val_psnr=metrics[val_key])
 

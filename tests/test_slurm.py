@@ -41,7 +41,8 @@ def squeue_state(job: str) -> tuple[str, str]:
     return (out[0], out[1]) if len(out) >= 2 else ("", "")
 
 
-SCHEDULE = ["train.iterations=300", "train.log_every=50", "train.val_every=100", "train.ckpt_every=50"]
+# log_every=1: a wandb call in every iteration, so a signal that ends wandb's service hits one
+SCHEDULE = ["train.iterations=300", "train.log_every=1", "train.val_every=100", "train.ckpt_every=50"]
 SLURM = ["launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.cpus_per_task=1",
          "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=10"]
 
@@ -102,3 +103,12 @@ def test_job_array_with_a_requeued_and_a_cancelled_job(tmp_path):
     (ref,) = results(sweep_dir(tmp_path / "ref")).values()
     assert resumed["metrics"] == ref["metrics"]
     assert same_weights(jobs["0.1"], sweep_dir(tmp_path / "ref") / ref["job"])
+
+
+def test_packed_tasks_run_several_jobs_each(tmp_path):
+    proc = run_sweeper(["-m", *TINY, "dropout.p=0.1,0.2,0.3", *SLURM, "hydra.launcher.jobs_per_task=2"], tmp_path)
+    assert "slurm: submitted 3 jobs as array" in proc.stdout + proc.stderr and "(2 tasks)" in proc.stdout + proc.stderr
+    done = results(sweep_dir(tmp_path))
+    assert len(done) == 3
+    tasks = {(r["ran_on"]["slurm_job_id"], r["ran_on"]["slurm_array_task_id"]) for r in done.values()}
+    assert len(tasks) == 2

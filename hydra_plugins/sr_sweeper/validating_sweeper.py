@@ -75,7 +75,10 @@ class ValidatingSweeper(BasicSweeper):
             results = self.launcher.launch([jobs[i] for i in batch], initial_job_idx=start)
             returns.append(results)
             for i, ret in zip(batch, results):
-                if ret.status == JobStatus.FAILED:
+                if ret.status == JobStatus.FAILED and (job_dirs[i] / RESULTS).exists():
+                    log.warning("job %s: its process ended badly after the job had finished; results kept",
+                                labels[i])
+                elif ret.status == JobStatus.FAILED:
                     reason = failure_reason(ret)
                     record_failure(job_dirs[i], reason)
                     failures.append((labels[i], reason))
