@@ -24,14 +24,27 @@ def parse_tags(tags: list[str]) -> dict[str, str]:
     return {f"swept.{k.lstrip('+~')}": v for k, _, v in (t.partition("=") for t in tags) if _}
 
 
+def _job_overrides(job_dir: Path) -> list[str]:
+    """The job's overrides from its Hydra folder (for runs whose wandb record never got
+    written: a job killed early leaves a .wandb file with no run record)."""
+    path = job_dir / ".hydra" / "overrides.yaml"
+    if not path.exists():
+        return []
+    from omegaconf import OmegaConf
+
+    from sweeper.naming import result_overrides
+    return result_overrides(OmegaConf.load(path))
+
+
 def runs_frame(root: str | Path) -> pd.DataFrame:
     rows = []
     for run in read_runs(Path(root), history=False, skip_corrupt=True):
         metrics = {k: v for k, v in run.summary.items() if k.startswith("test/") and isinstance(v, (int, float))}
-        rows.append({"sweep": run.group, "sweep_dir": str(_sweep_dir(run)), "run_dir": str(run.path.parent),
-                     "run_id": run.run_id,
-                     "name": run.name, "state": run.state, "runtime": run.runtime,
-                     **parse_tags(run.tags), **metrics})
+        job_dir = run.path.parents[2]
+        tags = run.tags or _job_overrides(job_dir)
+        rows.append({"sweep": run.group or _sweep_dir(run).name, "sweep_dir": str(_sweep_dir(run)),
+                     "run_dir": str(run.path.parent), "run_id": run.run_id, "name": run.name or job_dir.name,
+                     "state": run.state, "runtime": run.runtime, **parse_tags(tags), **metrics})
     return pd.DataFrame(rows)
 
 

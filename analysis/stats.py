@@ -49,6 +49,12 @@ def _seed_of(runs: pd.DataFrame) -> pd.Series:
     return runs[SEED_KEY].astype(str) if SEED_KEY in runs else pd.Series("0", index=runs.index)
 
 
+def _ids(frame: pd.DataFrame, keys: list[str]) -> pd.Series:
+    if not keys:
+        return pd.Series("", index=frame.index)
+    return frame[keys].astype(str).agg("|".join, axis=1)
+
+
 def ablation_stats(runs: pd.DataFrame, per_image: pd.DataFrame | None = None, metric: str = "psnr",
                    n_boot: int = 2000, boot_seed: int = 0) -> pd.DataFrame:
     """One row per (setting, set, degradation): n, mean, std (over seeds), delta vs the baseline,
@@ -60,60 +66,74 @@ def ablation_stats(runs: pd.DataFrame, per_image: pd.DataFrame | None = None, me
     """
     keys = setting_keys(runs)
     context = [k for k in keys if k not in DROPOUT_KEYS]
-    runs = runs.assign(_seed=_seed_of(runs), _base=is_baseline(runs))
+    runs = runs.assign(_seed=_seed_of(runs), _base=is_baseline(runs), _sid=_ids(runs, keys),
+                       _cid=_ids(runs, context))
     cols = [c for c in runs.columns if c.startswith("test/") and c.endswith(f"/{metric}")]
     finished = runs[runs["state"] == "finished"]
+    ident = ["run_id", "_seed", "_base", "_sid", "_cid"]
 
     # Per-run score per (set, degradation), plus the average over sets.
-    long = finished.melt(id_vars=["run_id", "_seed", "_base", *keys], value_vars=cols, var_name="key",
-                         value_name="value").dropna(subset=["value"])
+    long = finished.melt(id_vars=ident, value_vars=cols, var_name="key", value_name="value").dropna(subset=["value"])
     long[["set", "degradation"]] = long["key"].str.split("/", expand=True)[[1, 2]]
     long = long.drop(columns="key")
     several_sets = long["set"].nunique() > 1
     if several_sets:
-        avg = long.groupby(["run_id", "_seed", "_base", *keys, "degradation"], dropna=False,
-                           as_index=False)["value"].mean()
+        avg = long.groupby(ident + ["degradation"], as_index=False)["value"].mean()
         long = pd.concat([long, avg.assign(set=AVERAGE)], ignore_index=True)
+    scores = long.groupby(["_sid", "set", "degradation"], sort=False)["value"].agg(["count", "mean", "std"])
+    base_means = long[long["_base"]].groupby(["_cid", "set", "degradation"])["value"].mean()
 
-    images = None
+    # Per-image values as one (seed, image) x setting matrix per (set, degradation).
+    matrices, base_sids = {}, runs[runs["_base"]].groupby("_cid")["_sid"].unique()
     if per_image is not None and not per_image.empty:
-        images = per_image.merge(finished[["run_id", "_seed", "_base", *keys]], on="run_id")
-        images = images.assign(image_set=images["set"])
+        images = per_image.merge(finished[ident], on="run_id")
+        images["image_key"] = images["image"].astype(str) + "@" + images["set"].astype(str)
         if several_sets:
             images = pd.concat([images, images.assign(set=AVERAGE)], ignore_index=True)
+        for (test_set, deg), g in images.groupby(["set", "degradation"], sort=False):
+            matrices[test_set, deg] = g.pivot_table(index=["_seed", "image_key"], columns="_sid", values=metric,
+                                                    aggfunc="mean")
 
-    settings = runs[keys].drop_duplicates()
     rows = []
-    for _, setting in settings.iterrows():
-        mask = np.logical_and.reduce([runs[k].astype(str) == str(setting[k]) for k in keys])
-        mine = runs[mask]
-        status = _status(mine)
-        scores = long[np.logical_and.reduce([long[k].astype(str) == str(setting[k]) for k in keys])]
-        ctx_long = long[np.logical_and.reduce([long[k].astype(str) == str(setting[k]) for k in context])] \
-            if context else long
-        base_long = ctx_long[ctx_long["_base"]]
-        is_base = bool(mine["_base"].all()) if len(mine) else False
-        for (test_set, deg), group in scores.groupby(["set", "degradation"], sort=False):
-            base = base_long[(base_long["set"] == test_set) & (base_long["degradation"] == deg)]
-            row = {**{k.removeprefix("swept."): setting[k] for k in keys}, "set": test_set, "degradation": deg,
-                   "n": len(group), "mean": group["value"].mean(),
-                   "std": group["value"].std(ddof=1) if len(group) > 1 else np.nan,
-                   "baseline": is_base, "status": status}
-            if len(base) and not is_base:
-                row["delta"] = row["mean"] - base["value"].mean()
-                if images is not None:
-                    row["ci_low"], row["ci_high"] = bootstrap_ci(
-                        _paired_differences(images, setting, keys, context, test_set, deg, metric), n_boot, boot_seed)
+    for sid, mine in runs.groupby("_sid", sort=False):
+        setting = mine.iloc[0]
+        label = {k.removeprefix("swept."): setting[k] for k in keys}
+        status, is_base, cid = _status(mine), bool(mine["_base"].all()), setting["_cid"]
+        if sid not in scores.index.get_level_values(0):
+            rows.append({**label, "set": None, "degradation": None, "n": 0, "mean": np.nan, "baseline": is_base,
+                         "status": status})
+            continue
+        for (test_set, deg), sc in scores.loc[sid].iterrows():
+            row = {**label, "set": test_set, "degradation": deg, "n": int(sc["count"]), "mean": sc["mean"],
+                   "std": sc["std"] if sc["count"] > 1 else np.nan, "baseline": is_base, "status": status}
+            if not is_base and (cid, test_set, deg) in base_means.index:
+                row["delta"] = row["mean"] - base_means[cid, test_set, deg]
+                matrix = matrices.get((test_set, deg))
+                if matrix is not None and sid in matrix and cid in base_sids.index:
+                    d = _paired_differences(matrix, sid, [b for b in base_sids[cid] if b in matrix])
+                    row["ci_low"], row["ci_high"] = bootstrap_ci(d, n_boot, boot_seed)
             rows.append(row)
-        if scores.empty:
-            rows.append({**{k.removeprefix("swept."): setting[k] for k in keys}, "set": None, "degradation": None,
-                         "n": 0, "mean": np.nan, "baseline": is_base, "status": status})
     out = pd.DataFrame(rows)
     for col in ("std", "delta", "ci_low", "ci_high"):
         if col not in out:
             out[col] = np.nan
     out["best"] = out["mean"].notna() & out["mean"].eq(out.groupby(["set", "degradation"])["mean"].transform("max"))
     return out
+
+
+def _paired_differences(matrix: pd.DataFrame, sid: str, base_sids: list[str]) -> np.ndarray:
+    """setting - baseline per (seed, image); if they share no seed, per image against the
+    baseline averaged over its seeds."""
+    if not base_sids:
+        return np.array([])
+    mine = matrix[sid]
+    base = matrix[base_sids].mean(axis=1)
+    d = (mine - base).dropna()
+    if d.empty:
+        base_img = base.dropna().groupby(level="image_key").mean()
+        mine = mine.dropna()
+        d = (mine - base_img.reindex(mine.index.get_level_values("image_key")).to_numpy()).dropna()
+    return d.to_numpy()
 
 
 def _status(runs: pd.DataFrame) -> str:
@@ -124,23 +144,3 @@ def _status(runs: pd.DataFrame) -> str:
     if states == {"finished"}:
         return "finished"
     return "+".join(sorted(states - {"finished"}))
-
-
-def _paired_differences(images: pd.DataFrame, setting, keys, context, test_set, deg, metric) -> np.ndarray:
-    sel = images[(images["set"] == test_set) & (images["degradation"] == deg)]
-    mine = sel[np.logical_and.reduce([sel[k].astype(str) == str(setting[k]) for k in keys])]
-    base = sel[sel["_base"]]
-    if context:
-        base = base[np.logical_and.reduce([base[k].astype(str) == str(setting[k]) for k in context])]
-    # the image key includes the real test set, so 'average' pairs images of every set
-    key = ["_seed", "image_key"]
-    mine = mine.assign(image_key=mine["image"].astype(str) + "@" + mine["image_set"].astype(str))
-    base = base.assign(image_key=base["image"].astype(str) + "@" + base["image_set"].astype(str))
-    b = base.groupby(key)[metric].mean()
-    m = mine.groupby(key)[metric].mean()
-    common = m.index.intersection(b.index)
-    if common.empty:  # different seeds: pair by image, averaging the baseline over its seeds
-        b = base.groupby("image_key")[metric].mean()
-        m = mine.set_index("image_key")[metric]
-        return (m - b.reindex(m.index)).dropna().to_numpy()
-    return (m.loc[common] - b.loc[common]).to_numpy()

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.figures import write_figures
 from analysis.runs import per_image_frame, runs_frame
 from analysis.stats import AVERAGE, ablation_stats
 from srcore.eval_degradations import TEST_DEGRADATIONS
@@ -115,6 +116,7 @@ def write_tables(runs: pd.DataFrame, out_dir: Path, title: str, metric: str = "p
     (out_dir / f"{metric}.tex").write_text(to_latex(formatted_table(stats, r"\textbf{{{}}}"), f"{title}: {metric}"))
     ablation_table(runs, metric).to_csv(out_dir / f"{metric}.csv")
     stats.to_csv(out_dir / f"{metric}_stats.csv", index=False)
+    write_figures(stats, out_dir / "figures", metric)
     return md
 
 
@@ -132,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no wandb runs under {root}", file=sys.stderr)
         return 2
     for sweep_dir, sweep_runs in runs.groupby("sweep_dir", sort=True):
-        name = sweep_runs["sweep"].iloc[0]
+        name = sweep_runs["sweep"].mode().iloc[0]
         md = write_tables(sweep_runs, Path(sweep_dir) / "tables", name, args.metric)
         n_done = int((sweep_runs["state"] == "finished").sum())
         print(md)

@@ -380,7 +380,8 @@ def read_runs(root, dedupe: bool = True, history: bool = True, skip_corrupt: boo
             if old is None or _recency(r) > _recency(old):
                 latest[r.run_id] = r
         runs = list(latest.values())
-    return sorted(runs, key=lambda r: (r.start_time or 0.0, str(r.path)))
+    # a run with no start record (killed before wandb wrote one) goes last
+    return sorted(runs, key=lambda r: (r.start_time or float("inf"), str(r.path)))
 
 
 def _recency(run: OfflineRun) -> tuple:

@@ -93,7 +93,9 @@ def start_wandb(cfg: DictConfig, job_dir: Path, job_name: str, tags: list[str]):
         project=cfg.logger.project, entity=cfg.logger.entity, mode=cfg.logger.mode,
         group=cfg.sweep_name or "runs", job_type="train", name=job_name,
         tags=[t[:64] for t in tags], id=run_id(cfg.sweep_name, job_name), resume="allow",
-        dir=str(job_dir), config=OmegaConf.to_container(cfg, resolve=True),
+        # "swept": the job's own overrides, so the dashboard's run table can group by them
+        dir=str(job_dir), config={**OmegaConf.to_container(cfg, resolve=True),
+                                  "swept": dict(t.split("=", 1) for t in tags if "=" in t)},
         settings=wandb.Settings(console="off", x_disable_stats=True),
     )
 
@@ -186,7 +188,15 @@ def _train_and_evaluate(cfg: DictConfig, job_dir: Path, job_name: str, tags: lis
         run.summary.update({**metrics, "train_seconds": train_seconds, "eval_seconds": eval_seconds})
         import wandb
         columns = list(rows[0])
-        run.log({"test/per_image": wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows])})
+        # the final metrics as tables in the run's page: per (set, degradation), and per image
+        per_set = {}
+        for key, value in means.items():
+            test_set, deg, name = key.split("/")
+            per_set.setdefault((test_set, deg), {})[name] = value
+        names = sorted({n for v in per_set.values() for n in v})
+        run.log({"test/metrics": wandb.Table(columns=["set", "degradation", *names],
+                                             data=[[s, d, *(v.get(n) for n in names)] for (s, d), v in per_set.items()]),
+                 "test/per_image": wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows])})
         results = {"job": job_name, "sweep": cfg.sweep_name, "run_id": run.id, "tags": tags,
                    "config": OmegaConf.to_container(cfg, resolve=True), "metrics": metrics,
                    "per_image": rows, "train_seconds": train_seconds, "eval_seconds": eval_seconds,

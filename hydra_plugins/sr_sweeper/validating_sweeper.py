@@ -23,7 +23,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobStatus
 from omegaconf import OmegaConf
 
-from sweeper.jobstate import MANIFEST, RESULTS, job_labels, record_failure, write_json
+from sweeper.jobstate import MANIFEST, RESULTS, job_labels, read_json, record_failure, write_json
 from sweeper.naming import result_overrides
 from sweeper.preflight import PreflightError, validate_config
 
@@ -59,9 +59,12 @@ class ValidatingSweeper(BasicSweeper):
 
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        write_json(sweep_dir / MANIFEST, {
-            "sweep": str(self.config.get("sweep_name")), "created": time.time(),
-            "jobs": [{"name": d.name, "overrides": result_overrides(o)} for d, o in zip(job_dirs, jobs)]})
+        # Several commands may share a sweep folder (same sweep_name): the manifest keeps them all.
+        previous = (read_json(sweep_dir / MANIFEST) or {}).get("jobs", [])
+        names = {j["name"] for j in previous}
+        new = [{"name": d.name, "overrides": result_overrides(o)} for d, o in zip(job_dirs, jobs) if d.name not in names]
+        write_json(sweep_dir / MANIFEST, {"sweep": str(self.config.get("sweep_name")), "updated": time.time(),
+                                          "jobs": previous + new})
 
         todo = [i for i, d in enumerate(job_dirs) if not (d / RESULTS).exists()]
         if len(todo) < len(jobs):
