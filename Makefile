@@ -7,7 +7,7 @@ SWEEP ?=
 export WANDB_ERROR_REPORTING ?= false
 export WANDB_SILENT ?= true
 
-.PHONY: setup demo test test-slow test-all tables bench bench-launchers slurm-up slurm-down clean
+.PHONY: setup demo test test-slow test-all tables bench bench-launchers bench-tables slurm-up slurm-down clean
 
 setup: $(STAMP)
 
@@ -35,11 +35,15 @@ test-all: setup
 
 # Tables of every sweep under outputs/ (or of one: make tables SWEEP=outputs/sweeps/<name>).
 tables: setup
-	$(PY) -m analysis.tables $(if $(SWEEP),$(SWEEP),outputs/sweeps)
+	$(PY) -m analysis.tables $(if $(SWEEP),$(SWEEP),$(or $(SR_OUTPUT_ROOT),outputs)/sweeps)
 
 # Degradation throughput vs a per-image reference, and a training iteration vs the bare step.
 bench: setup
 	$(PY) benchmarks/bench_degradation.py
+
+# Every table and figure from 1,000 runs' offline wandb logs (generated once, cached in /tmp).
+bench-tables: setup
+	$(PY) benchmarks/bench_tables.py
 
 # Launcher overhead: a 9-job smoke sweep under local, local_parallel and slurm (if up).
 bench-launchers: setup

@@ -104,10 +104,11 @@ def to_latex(table: pd.DataFrame, caption: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_tables(runs: pd.DataFrame, out_dir: Path, title: str, metric: str = "psnr") -> str:
+def write_tables(runs: pd.DataFrame, out_dir: Path, title: str, metric: str = "psnr",
+                 per_image: pd.DataFrame | None = None) -> str:
     """<metric>.md / .tex: mean ± std over seeds, (Δ vs no dropout [95% bootstrap interval]),
     best per column in bold; <metric>.csv: the means; <metric>_stats.csv: every number."""
-    stats = ablation_stats(runs, per_image_frame(runs), metric)
+    stats = ablation_stats(runs, per_image_frame(runs) if per_image is None else per_image, metric)
     out_dir.mkdir(parents=True, exist_ok=True)
     md = to_markdown(formatted_table(stats), title)
     md += (f"\nCells: {metric} mean ± std over seeds; (Δ vs the no-dropout baseline of the same setting "
@@ -124,7 +125,22 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("root", nargs="?", default="outputs/sweeps", help="a sweep folder, or a folder of sweeps")
     ap.add_argument("--metric", default="psnr", choices=["psnr", "psnr_y", "ssim_y"])
+    ap.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read runs from a wandb server instead of files")
+    ap.add_argument("--group", help="with --wandb: only this sweep (wandb group)")
+    ap.add_argument("--tag", action="append", help="with --wandb: only runs with one of these tags")
+    ap.add_argument("--out", type=Path, default=Path("outputs/tables"), help="with --wandb: where tables go")
     args = ap.parse_args(argv)
+    if args.wandb:
+        from analysis.wandb_api import api_runs_frame, per_image_frame_api
+        runs = api_runs_frame(args.wandb, group=args.group, tags=args.tag)
+        if runs.empty:
+            print(f"error: no runs in {args.wandb} matching group={args.group} tags={args.tag}", file=sys.stderr)
+            return 2
+        images = per_image_frame_api(runs)
+        for sweep, sweep_runs in runs.groupby("sweep", sort=True, dropna=False):
+            out = args.out / str(sweep)
+            print(write_tables(sweep_runs, out, str(sweep), args.metric, images[images["run_id"].isin(sweep_runs["run_id"])]))
+        return 0
     root = Path(args.root)
     if not root.exists():
         print(f"error: {root} does not exist (run a sweep first: python -m sweeper -m ...)", file=sys.stderr)

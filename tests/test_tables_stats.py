@@ -128,3 +128,59 @@ def test_tables_cli_writes_markdown_latex_and_csv(fixture_runs, capsys):
     assert (sweep / "tables" / "figures" / "gain_by_position.pdf").exists()
     tex = (sweep / "tables" / "psnr.tex").read_text()
     assert r"\textbf{" in tex and r"$\pm$" in tex
+
+
+class FakeApiRun:
+    """A stand-in for wandb.apis.public.Run with the attributes api_runs_frame reads (no
+    server is reachable here); built from what the job logged."""
+
+    def __init__(self, offline, job_dir):
+        # a server keeps the group and tags of a run killed early (sent at init); the
+        # offline file of that run has none: take them from the job folder as runs_frame does
+        from analysis.runs import _job_overrides
+        self.id, self.name, self.group = offline.run_id, offline.name, offline.group or SWEEP
+        self.tags = offline.tags or _job_overrides(job_dir)
+        self.state = {"finished": "finished", "failed": "failed"}.get(offline.state, "crashed")
+        self.summary = {**offline.summary, "_runtime": offline.runtime}
+        self._files = sorted(offline.path.parent.glob("files/media/table/test/per_image_*.table.json"))
+
+    def files(self):
+        class File:
+            def __init__(self, path):
+                self.name, self._path = f"media/table/test/{path.name}", path
+
+            def download(self, root, replace=True):
+                import shutil
+                from pathlib import Path
+                target = Path(root) / self.name
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(self._path, target)
+                return open(target)
+        return [File(p) for p in self._files]
+
+
+def test_server_runs_give_the_same_frame_and_table(fixture_runs):
+    from analysis.wandb_api import api_filters, api_runs_frame, per_image_frame_api
+    from analysis.wandb_offline import read_runs
+    sweep, _, _ = fixture_runs
+    seen = {}
+
+    class FakeApi:
+        def runs(self, path, filters=None):
+            seen.update(path=path, filters=filters)
+            return [FakeApiRun(r, r.path.parents[2]) for r in read_runs(sweep, history=False)]
+
+    online = api_runs_frame("me/proj", group=SWEEP, api=FakeApi())
+    assert seen == {"path": "me/proj", "filters": {"group": SWEEP}}
+    assert api_filters(tags=["seed=0"], state="finished") == {"tags": {"$in": ["seed=0"]}, "state": "finished"}
+    offline = runs_frame(sweep)
+    offline = offline[offline["sweep"] == SWEEP]
+    cols = [c for c in offline.columns if c.startswith(("swept.", "test/")) or c in ("run_id", "state")]
+    a = offline[cols].sort_values("run_id").reset_index(drop=True)
+    b = online[cols].sort_values("run_id").reset_index(drop=True)
+    import pandas as pd
+    assert (a["state"] == "finished").tolist() == (b["state"] == "finished").tolist()
+    pd.testing.assert_frame_equal(a[a["state"] == "finished"], b[b["state"] == "finished"], check_dtype=False)
+    s_off = ablation_stats(offline, per_image_frame(offline))
+    s_on = ablation_stats(online, per_image_frame_api(online))
+    pd.testing.assert_frame_equal(s_off.drop(columns="status"), s_on.drop(columns="status"))
