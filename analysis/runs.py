@@ -1,8 +1,10 @@
 """Runs -> one pandas row per run, read from the wandb logs (offline run files; no server).
 
-Columns: ``sweep``, ``sweep_dir``, ``run_id``, ``name``, ``state``, one ``swept.<key>``
-column per override the job was launched with, and one ``test/<set>/<degradation>/<metric>``
-column per final metric.
+Columns: ``sweep``, ``sweep_dir``, ``run_dir``, ``run_id``, ``name``, ``state``
+(finished | failed | unfinished), ``runtime`` (s), ``config`` (the resolved config), one
+``swept.<key>`` column per override the job was launched with, and one
+``test/<set>/<degradation>/<metric>`` column per final metric. ``per_image_frame`` gives the
+per-image metrics of those runs.
 """
 from __future__ import annotations
 
@@ -44,7 +46,8 @@ def runs_frame(root: str | Path) -> pd.DataFrame:
         tags = run.tags or _job_overrides(job_dir)
         rows.append({"sweep": run.group or _sweep_dir(run).name, "sweep_dir": str(_sweep_dir(run)),
                      "run_dir": str(run.path.parent), "run_id": run.run_id, "name": run.name or job_dir.name,
-                     "state": run.state, "runtime": run.runtime, **parse_tags(tags), **metrics})
+                     "state": run.state, "runtime": run.runtime, "config": run.config, **parse_tags(tags),
+                     **metrics})
     return pd.DataFrame(rows)
 
 

@@ -46,6 +46,7 @@ def api_runs_frame(path: str, group: str | None = None, tags: list[str] | None =
         metrics = {k: v for k, v in summary.items() if k.startswith("test/") and isinstance(v, (int, float))}
         rows.append({"sweep": run.group, "sweep_dir": None, "run_dir": None, "run_id": run.id, "name": run.name,
                      "state": STATES.get(run.state, run.state), "runtime": summary.get("_runtime"),
+                     "config": dict(run.config),
                      **parse_tags(list(run.tags)), **metrics, "_api_run": run})
     frame = pd.DataFrame(rows)
     if frame.empty:

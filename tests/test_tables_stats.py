@@ -142,6 +142,7 @@ class FakeApiRun:
         self.tags = offline.tags or _job_overrides(job_dir)
         self.state = {"finished": "finished", "failed": "failed"}.get(offline.state, "crashed")
         self.summary = {**offline.summary, "_runtime": offline.runtime}
+        self.config = offline.config
         self._files = sorted(offline.path.parent.glob("files/media/table/test/per_image_*.table.json"))
 
     def files(self):
@@ -180,7 +181,33 @@ def test_server_runs_give_the_same_frame_and_table(fixture_runs):
     b = online[cols].sort_values("run_id").reset_index(drop=True)
     import pandas as pd
     assert (a["state"] == "finished").tolist() == (b["state"] == "finished").tolist()
+    assert online.set_index("run_id")["config"].to_dict() == offline.set_index("run_id")["config"].to_dict()
     pd.testing.assert_frame_equal(a[a["state"] == "finished"], b[b["state"] == "finished"], check_dtype=False)
     s_off = ablation_stats(offline, per_image_frame(offline))
     s_on = ablation_stats(online, per_image_frame_api(online))
     pd.testing.assert_frame_equal(s_off.drop(columns="status"), s_on.drop(columns="status"))
+
+
+def test_runs_frame_holds_the_resolved_config(fixture_runs):
+    sweep, _, results = fixture_runs
+    runs = runs_frame(sweep).set_index("run_id")
+    for r in results.values():
+        assert runs.loc[r["run_id"], "config"]["train"]["iterations"] == r["config"]["train"]["iterations"] == 8
+        assert runs.loc[r["run_id"], "config"]["swept"]["dropout.position"] == r["config"]["dropout"]["position"]
+
+
+def test_experiment_presets_compose_their_grids():
+    """Each preset, composed as the CLI does, yields its grid (with an extra CLI axis)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from tests.conftest import ROOT
+    sizes = {"fig1": 4, "position": 7, "inblock": 4, "probability": 10, "kind": 4, "bicubic_vs_multi": 4}
+    for name, size in sizes.items():
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose("config", overrides=[f"+experiment={name}"], return_hydra_config=True)
+        params = [f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()] + ["seed=0,1"]
+        parsed = OverridesParser.create().parse_overrides(params)
+        n = 1
+        for o in parsed:
+            n *= len(list(o.sweep_iterator())) if o.is_sweep_override() else 1
+        assert n == 2 * size, name
