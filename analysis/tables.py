@@ -154,6 +154,13 @@ def main(argv: list[str] | None = None) -> int:
         md = write_tables(sweep_runs, Path(sweep_dir) / "tables", name, args.metric)
         n_done = int((sweep_runs["state"] == "finished").sum())
         print(md)
+        trials = Path(sweep_dir) / "trials.csv"
+        if trials.exists():  # an Optuna study: its trials, best first
+            frame = pd.read_csv(trials)
+            if "value" in frame:
+                frame = frame.sort_values("value", ascending=False, na_position="last")
+            (Path(sweep_dir) / "tables" / "trials.md").write_text(frame.to_markdown(index=False, floatfmt=".3f"))
+            print(f"**Optuna trials** ({trials})\n\n" + frame.to_markdown(index=False, floatfmt=".3f") + "\n")
         print(f"({n_done}/{len(sweep_runs)} runs finished; tables written to {Path(sweep_dir) / 'tables'})\n")
     return 0
 

@@ -23,6 +23,7 @@ from srcore.models.checkpoint import save_weights
 from srcore.train import Interrupted, TrainSettings, resolve_device, train
 from sweeper.jobstate import RESULTS, JobStatus, where
 from sweeper.naming import run_id
+from sweeper.optuna_report import Pruned
 from sweeper.preemption import StopRequest
 from sweeper.preflight import validate_config
 
@@ -154,6 +155,11 @@ def _train_and_evaluate(cfg: DictConfig, job_dir: Path, job_name: str, tags: lis
     run = start_wandb(cfg, job_dir, job_name, tags)
 
     wandb_lost = []
+    reporter = None
+    if cfg.get("optuna") and cfg.optuna.trial is not None and cfg.optuna.pruner not in (None, "none"):
+        from sweeper.optuna_report import TrialReporter
+        reporter = TrialReporter(cfg.optuna.storage, cfg.optuna.study, cfg.optuna.trial, cfg.optuna.pruner,
+                                 cfg.optuna.pruner_startup_trials, cfg.optuna.pruner_warmup_steps)
 
     def log_metrics(metrics: dict, step: int) -> None:
         # A signal sent to the whole job step (scancel, preemption) also ends wandb's service
@@ -166,13 +172,21 @@ def _train_and_evaluate(cfg: DictConfig, job_dir: Path, job_name: str, tags: lis
                 log.warning("%s: wandb stopped logging (%s); training goes on", job_name, e)
         if val_key in metrics:
             status.write(iteration=step, val_psnr=metrics[val_key])
+            if reporter is not None:
+                reporter.report(metrics[val_key], step)  # raises Pruned when the study says stop
 
     exit_code = 1
     try:
         t0 = time.perf_counter()
-        final = train(model, patches, degrade, settings, job_dir / CHECKPOINT, log_metrics=log_metrics,
-                      validate=validate if val_images else None, on_iteration=status.heartbeat,
-                      should_stop=lambda: stop.requested)
+        try:
+            final = train(model, patches, degrade, settings, job_dir / CHECKPOINT, log_metrics=log_metrics,
+                          validate=validate if val_images else None, on_iteration=status.heartbeat,
+                          should_stop=lambda: stop.requested)
+        except Pruned as e:  # a clean end, not a failure: the study has seen the reports
+            status.write(state="pruned", iteration=e.step, reason=str(e))
+            log.info("%s: %s", job_name, e)
+            exit_code = 0
+            return {"pruned_at": e.step}
         train_seconds = time.perf_counter() - t0
         save_weights(model, job_dir / WEIGHTS, ema_model=final if final is not model else None)
 

@@ -21,8 +21,9 @@ MANIFEST = "jobs.json"
 
 # running: the job said so and its process is alive (or its heartbeat is fresh);
 # interrupted: stopped on a preemption/timeout notice with its state saved (a requeue or
-# rerun resumes it); failed: an exception, a NaN loss, or the process vanished.
-STATES = ("pending", "running", "interrupted", "failed", "done")
+# rerun resumes it); failed: an exception, a NaN loss, or the process vanished; pruned:
+# stopped early by an Optuna pruner (a clean end).
+STATES = ("pending", "running", "interrupted", "failed", "pruned", "done")
 HEARTBEAT_STALE_S = 600.0  # a job on another host that has been silent this long is presumed dead
 
 
@@ -120,6 +121,6 @@ def job_state(job_dir: Path) -> tuple[str, dict]:
             why = "its process is gone" if alive is False else f"no heartbeat for {HEARTBEAT_STALE_S:.0f} s"
             return "failed", {**status, "reason": f"killed or crashed: {why} (last iteration {status.get('iteration')})"}
         return "running", status
-    if state in ("failed", "interrupted"):
+    if state in ("failed", "interrupted", "pruned"):
         return state, status
     return "pending", status
