@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from analysis.figures import write_figures
@@ -121,6 +122,32 @@ def write_tables(runs: pd.DataFrame, out_dir: Path, title: str, metric: str = "p
     return md
 
 
+def interpretation_table(runs: pd.DataFrame) -> pd.DataFrame | None:
+    """One row per job that has <job>/interpret/interpretation.json: evenness of the channel
+    saliency at the analysed layer, CHI, and the job's mean PSNR over the test degradations."""
+    import json
+
+    keys = [c for c in runs.columns if c.startswith("swept.") and runs[c].astype(str).nunique() > 1]
+    rows = []
+    for _, run in runs.iterrows():
+        if not isinstance(run.get("run_dir"), str):
+            continue
+        path = Path(run["run_dir"]).parents[1] / "interpret" / "interpretation.json"
+        if not path.exists():
+            continue
+        r = json.loads(path.read_text())
+        ev = r["evenness"][r["layer"]]
+        psnrs = [v for k, v in run.items() if k.startswith("test/") and k.endswith("/psnr") and pd.notna(v)]
+        rows.append({**{k.removeprefix("swept."): run[k] for k in keys}, "layer": r["layer"], "gini": ev["gini"],
+                     "entropy": ev["entropy"], "cv": ev["cv"], "chi": r["chi"], "chi_2d": r["chi_2d"],
+                     "psnr (mean)": float(np.mean(psnrs)) if psnrs else np.nan})
+    if not rows:
+        return None
+    frame = pd.DataFrame(rows)
+    index = [k.removeprefix("swept.") for k in keys]
+    return frame.set_index(index) if index else frame
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("root", nargs="?", default="outputs/sweeps", help="a sweep folder, or a folder of sweeps")
@@ -154,6 +181,12 @@ def main(argv: list[str] | None = None) -> int:
         md = write_tables(sweep_runs, Path(sweep_dir) / "tables", name, args.metric)
         n_done = int((sweep_runs["state"] == "finished").sum())
         print(md)
+        interp = interpretation_table(sweep_runs)
+        if interp is not None:  # CHI and evenness next to PSNR (python -m analysis.interpret)
+            (Path(sweep_dir) / "tables" / "interpretation.md").write_text(interp.to_markdown(floatfmt=".4f"))
+            interp.to_csv(Path(sweep_dir) / "tables" / "interpretation.csv")
+            print("**Interpretation** (channel-saliency evenness and degradation-cluster CHI)\n\n"
+                  + interp.to_markdown(floatfmt=".4f") + "\n")
         trials = Path(sweep_dir) / "trials.csv"
         if trials.exists():  # an Optuna study: its trials, best first
             frame = pd.read_csv(trials)

@@ -86,6 +86,19 @@ def warm_up_wandb(cfg: DictConfig) -> None:
     threading.Thread(target=setup, name="wandb-warm-up", daemon=True).start()
 
 
+def interpret_after_training(cfg: DictConfig, net, test_sets: dict, job_dir: Path, job_name: str) -> dict:
+    """The optional post-training hook: interpretation.json, and its scalars for wandb."""
+    from srcore.interpretation import interpret_model
+
+    images = next(iter(test_sets.values()))[: cfg.interpret.max_images]
+    result, _, _ = interpret_model(net.cpu(), images, cfg.interpret.layer, cfg.interpret.embed, title=job_name)
+    atomic_write(job_dir / "interpret" / "interpretation.json", lambda f: json.dump(result, f, indent=1), mode="w")
+    ev = result["evenness"][result["layer"]]
+    prefix = f"interpret/{result['layer']}"
+    return {f"{prefix}/gini": ev["gini"], f"{prefix}/entropy": ev["entropy"], f"{prefix}/cv": ev["cv"],
+            f"{prefix}/chi": result["chi"], f"{prefix}/chi_2d": result["chi_2d"]}
+
+
 def start_wandb(cfg: DictConfig, job_dir: Path, job_name: str, tags: list[str]):
     os.environ.setdefault("WANDB_ERROR_REPORTING", "false")  # offline must not even look up DNS
     os.environ.setdefault("WANDB_SILENT", "true")
@@ -215,6 +228,8 @@ def _train_and_evaluate(cfg: DictConfig, job_dir: Path, job_name: str, tags: lis
                    "config": OmegaConf.to_container(cfg, resolve=True), "metrics": metrics,
                    "per_image": rows, "train_seconds": train_seconds, "eval_seconds": eval_seconds,
                    "attempt": status.data["attempt"], "ran_on": where()}
+        if cfg.get("interpret") and cfg.interpret.after_training:
+            run.summary.update(interpret_after_training(cfg, net, test_sets, job_dir, job_name))
         atomic_write(job_dir / RESULTS, lambda f: json.dump(results, f, indent=1), mode="w")
         status.write(state="done", phase=None)
         exit_code = 0

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 
 # Keys that do not change a job's result.
 RUN_ONLY_KEYS = ("sweep_name", "paths.", "logger.", "train.device", "train.threads", "data.num_workers",
-                 "launcher", "hydra.", "hydra/", "optuna.")
+                 "launcher", "hydra.", "hydra/", "optuna.", "interpret.")
 
 
 def is_run_only(override: str) -> bool:

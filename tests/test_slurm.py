@@ -112,3 +112,18 @@ def test_packed_tasks_run_several_jobs_each(tmp_path):
     assert len(done) == 3
     tasks = {(r["ran_on"]["slurm_job_id"], r["ran_on"]["slurm_array_task_id"]) for r in done.values()}
     assert len(tasks) == 2
+
+
+def test_optuna_trials_run_as_slurm_jobs_on_a_journal_study(tmp_path):
+    import optuna
+
+    from sweeper.optuna_report import open_storage
+    args = ["-m", "hydra/sweeper=optuna", "hydra.sweeper.sampler=random", *TINY, "dropout.p=interval(0.05,0.95)",
+            "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2", *SLURM]
+    proc = run_sweeper(args, tmp_path)
+    sweep = sweep_dir(tmp_path)
+    assert "optuna.journal" in proc.stdout + proc.stderr  # journal storage by default under slurm
+    study = optuna.load_study(study_name=sweep.name, storage=open_storage(f"journal:{sweep / 'optuna.journal'}"))
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+    ran = {r["ran_on"]["slurm_job_id"] for r in results(sweep).values()}
+    assert len(ran) == 1 and None not in ran  # both trials were tasks of one job array
