@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import textwrap
 import sys
 from pathlib import Path
 
@@ -102,7 +103,7 @@ def _figures(result: dict, emb: np.ndarray, labels: np.ndarray, out_dir: Path) -
     for k, deg in enumerate(result["degradations"]):
         pts = emb[labels == k]
         ax.scatter(pts[:, 0], pts[:, 1], s=8, label=deg)
-    ax.set_title(f"DDR at {result['layer']} ({result['embedding']}), CHI {result['chi_2d']:.1f}")
+    ax.set_title(f"DDR at {result['layer']} ({result['embedding']}), CHI {result['chi_2d']:.4g}")
     ax.legend(fontsize=6, markerscale=2)
     fig.savefig(out_dir / "ddr.png", dpi=150, bbox_inches="tight")
     plt.close(fig)
@@ -116,8 +117,8 @@ def pair_figure(a: dict, b: dict, out: Path) -> None:
         ax.imshow(m, aspect="auto", cmap="viridis")
         ax.set_yticks(range(len(names)), names)
         ev = r["evenness"][r["layer"]]
-        ax.set_title(f"{r['title']}\n{r['layer']}: Gini {ev['gini']:.3f}, entropy {ev['entropy']:.3f}; "
-                     f"CHI {r['chi']:.1f}", fontsize=8)
+        ax.set_title(f"{textwrap.fill(r['title'], 70)}\n{r['layer']}: Gini {ev['gini']:.3f}, entropy {ev['entropy']:.3f}; "
+                     f"CHI {r['chi']:.4g}", fontsize=8)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=150, bbox_inches="tight")
     plt.close(fig)
@@ -126,7 +127,7 @@ def pair_figure(a: dict, b: dict, out: Path) -> None:
 def summary_line(r: dict) -> str:
     ev = r["evenness"][r["layer"]]
     return (f"{r['title']}: layer {r['layer']}: Gini {ev['gini']:.4f}, normalised entropy {ev['entropy']:.4f}, "
-            f"CV {ev['cv']:.4f}; CHI {r['chi']:.2f} (features), {r['chi_2d']:.2f} ({r['embedding']} 2-D); "
+            f"CV {ev['cv']:.4f}; CHI {r['chi']:.4g} (features), {r['chi_2d']:.4g} ({r['embedding']} 2-D); "
             f"max ablation drop {max(r['ablation_drop_db']):.3f} dB")
 
 
