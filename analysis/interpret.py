@@ -124,6 +124,29 @@ def pair_figure(a: dict, b: dict, out: Path) -> None:
     plt.close(fig)
 
 
+def log_to_wandb(job_dir: Path, cfg, result: dict, out_dir: Path) -> str | None:
+    """Add the scalars and figures to the job's own wandb run (same id, resumed). Offline, the
+    resume writes a second run folder; the readers merge it into the run (analysis.wandb_offline)."""
+    import os
+
+    from analysis.wandb_offline import read_runs
+    runs = read_runs(job_dir, history=False, skip_corrupt=True)
+    if not runs:
+        return None
+    run_id = runs[-1].run_id
+    os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
+    os.environ.setdefault("WANDB_SILENT", "true")
+    import wandb
+    ev = result["evenness"][result["layer"]]
+    prefix = f"interpret/{result['layer']}"
+    with wandb.init(project=cfg.logger.project, entity=cfg.logger.entity, mode=cfg.logger.mode, id=run_id,
+                    resume="allow", dir=str(job_dir), settings=wandb.Settings(console="off", x_disable_stats=True)) as run:
+        run.summary.update({f"{prefix}/gini": ev["gini"], f"{prefix}/entropy": ev["entropy"], f"{prefix}/cv": ev["cv"],
+                            f"{prefix}/chi": result["chi"], f"{prefix}/chi_2d": result["chi_2d"]})
+        run.log({f"interpret/{name}": wandb.Image(str(out_dir / f"{name}.png")) for name in ("csm", "ablation", "ddr")})
+    return run_id
+
+
 def summary_line(r: dict) -> str:
     ev = r["evenness"][r["layer"]]
     return (f"{r['title']}: layer {r['layer']}: Gini {ev['gini']:.4f}, normalised entropy {ev['entropy']:.4f}, "
@@ -144,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--num-feat", type=int)
     ap.add_argument("--num-block", type=int)
     ap.add_argument("--out", type=Path, help="output folder (default: <job>/interpret)")
+    ap.add_argument("--no-wandb", action="store_true", help="do not add the results to the job's wandb run")
     args = ap.parse_args(argv)
     targets = list(args.targets)
     if args.sweep:
@@ -167,6 +191,10 @@ def main(argv: list[str] | None = None) -> int:
                                                                             (target if target.is_dir() else target.parent) / "interpret")
         results.append(interpret(model, images, args.layer, args.embed, degradations, out, target.name))
         print(summary_line(results[-1]))
+        if cfg is not None and not args.no_wandb:
+            run_id = log_to_wandb(target, cfg, results[-1], out)
+            if run_id:
+                print(f"  logged to wandb run {run_id}")
     if len(results) == 2 and not args.sweep:
         out = (args.out or targets[1].parent) / "pair.png"
         pair_figure(results[0], results[1], out)

@@ -78,7 +78,7 @@ import re
 import warnings
 import struct
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from wandb.proto import wandb_internal_pb2 as pb
@@ -363,7 +363,9 @@ def read_runs(root, dedupe: bool = True, history: bool = True, skip_corrupt: boo
     With ``dedupe``, keep one run per run id: the latest start_time, then the
     latest directory (``offline-run-<timestamp>-<id>[-<n>]``, see _recency).  A
     resumed/requeued offline job is a separate, independent directory (see the
-    module docstring), so the latest one is the job's final state.
+    module docstring), so the latest one is the job's final state; summary and
+    config keys of earlier directories that the latest did not rewrite are kept
+    (see _merge), as a wandb server keeps them across a resume.
     """
     runs = []
     for path in find_run_files(root):
@@ -374,14 +376,30 @@ def read_runs(root, dedupe: bool = True, history: bool = True, skip_corrupt: boo
                 raise
             warnings.warn(f"skipping corrupt wandb run file: {e}", stacklevel=2)
     if dedupe:
-        latest: dict[str, OfflineRun] = {}
+        by_id: dict[str, list[OfflineRun]] = {}
         for r in runs:
-            old = latest.get(r.run_id)
-            if old is None or _recency(r) > _recency(old):
-                latest[r.run_id] = r
-        runs = list(latest.values())
+            by_id.setdefault(r.run_id, []).append(r)
+        runs = [_merge(sorted(group, key=_recency)) for group in by_id.values()]
     # a run with no start record (killed before wandb wrote one) goes last
     return sorted(runs, key=lambda r: (r.start_time or float("inf"), str(r.path)))
+
+
+def _merge(attempts: list[OfflineRun]) -> OfflineRun:
+    """One run from the folders a run id left (oldest first): the latest folder's state,
+    history and identity, with the summary and config keys of earlier folders kept unless a
+    later one rewrote them -- what a wandb server shows after a resume (a requeued job, or
+    results logged to a finished run afterwards, e.g. by python -m analysis.interpret)."""
+    latest = attempts[-1]
+    if len(attempts) == 1:
+        return latest
+    summary, config = {}, {}
+    for a in attempts:
+        summary.update(a.summary)
+        config.update(a.config)
+    return replace(
+        latest, summary=summary, config=config, name=latest.name or attempts[0].name,
+        group=latest.group or attempts[0].group, tags=latest.tags or attempts[0].tags,
+        job_type=latest.job_type or attempts[0].job_type)
 
 
 def _recency(run: OfflineRun) -> tuple:

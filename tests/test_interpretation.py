@@ -111,6 +111,13 @@ def test_the_command_on_a_pair_of_jobs_and_on_basicsr_weights(tmp_path, capsys):
         for name in ("csm.png", "ablation.png", "ddr.png"):
             assert (job / "interpret" / name).stat().st_size > 5000
     assert (jobs[1].parent / "pair.png").exists()
+    # the results joined the job's own wandb run; its test metrics and state are intact
+    from analysis.wandb_offline import read_runs
+    (run,) = read_runs(jobs[1])
+    assert len(list(jobs[1].glob("wandb/offline-run-*"))) == 2
+    assert run.state == "finished" and "test/builtin/clean/psnr" in run.summary
+    assert run.summary["interpret/last/gini"] == pytest.approx(
+        json.loads((jobs[1] / "interpret" / "interpretation.json").read_text())["evenness"]["last"]["gini"])
 
     # an official/BasicSR-style file: {"params_ema": state_dict}, loaded with weights_only
     weights = torch.load(jobs[0] / "model.pt", weights_only=True)
