@@ -99,11 +99,11 @@ def interpret_after_training(cfg: DictConfig, net, test_sets: dict, job_dir: Pat
             f"{prefix}/chi": result["chi"], f"{prefix}/chi_2d": result["chi_2d"]}
 
 
-def start_wandb(cfg: DictConfig, job_dir: Path, job_name: str, tags: list[str]):
+def start_wandb(cfg: DictConfig, job_dir: Path, job_name: str, tags: list[str], patience_s: float = 120.0):
     os.environ.setdefault("WANDB_ERROR_REPORTING", "false")  # offline must not even look up DNS
     os.environ.setdefault("WANDB_SILENT", "true")
     import wandb
-    return wandb.init(
+    kwargs = dict(
         project=cfg.logger.project, entity=cfg.logger.entity, mode=cfg.logger.mode,
         group=cfg.sweep_name or "runs", job_type="train", name=job_name,
         tags=[t[:64] for t in tags], id=run_id(cfg.sweep_name, job_name), resume="allow",
@@ -112,6 +112,18 @@ def start_wandb(cfg: DictConfig, job_dir: Path, job_name: str, tags: list[str]):
                                   "swept": dict(t.split("=", 1) for t in tags if "=" in t)},
         settings=wandb.Settings(console="off", x_disable_stats=True),
     )
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            return wandb.init(**kwargs)
+        except Exception as e:  # noqa: BLE001
+            # A killed attempt's wandb service outlives it for a moment and still holds the
+            # run id: a requeue or rerun right after a kill waits for it to let go.
+            if "is in use" not in str(e) or time.monotonic() > deadline:
+                raise
+            log.info("%s: wandb run %s is still held by a killed attempt's service; waiting", job_name,
+                     kwargs["id"])
+            time.sleep(2)
 
 
 def run_job(cfg: DictConfig, job_dir: Path, job_name: str, tags: list[str]) -> dict:
