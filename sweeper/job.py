@@ -121,9 +121,37 @@ def start_wandb(cfg: DictConfig, job_dir: Path, job_name: str, tags: list[str], 
             # run id: a requeue or rerun right after a kill waits for it to let go.
             if "is in use" not in str(e) or time.monotonic() > deadline:
                 raise
-            log.info("%s: wandb run %s is still held by a killed attempt's service; waiting", job_name,
-                     kwargs["id"])
+            reaped = reap_orphaned_wandb_services()
+            log.info("%s: wandb run %s is still held by a killed attempt's service; %s", job_name,
+                     kwargs["id"], f"stopped {reaped} orphaned service(s)" if reaped else "waiting")
             time.sleep(2)
+
+
+def reap_orphaned_wandb_services() -> int:
+    """Stop wandb-core processes whose owner (its --pid) is dead: the services of killed jobs,
+    which can keep holding their run id. Linux only; others are left alone."""
+    reaped = 0
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            args = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if not args or not args[0].endswith(b"wandb-core") or b"--pid" not in args:
+            continue
+        owner = int(args[args.index(b"--pid") + 1])
+        try:
+            os.kill(owner, 0)
+            continue  # its job is alive
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        try:
+            os.kill(int(proc.name), signal.SIGTERM)
+            reaped += 1
+        except (ProcessLookupError, PermissionError):
+            pass
+    return reaped
 
 
 def run_job(cfg: DictConfig, job_dir: Path, job_name: str, tags: list[str]) -> dict:

@@ -192,3 +192,24 @@ def test_local_parallel_a_killed_worker_fails_only_its_job(tmp_path):
     assert f"job process died (exit code -{int(signal.SIGKILL)})" in out
     assert len(results(sweep_dir(tmp_path))) == 2
     assert job_state(first)[0] == "failed"
+
+
+def test_orphaned_wandb_services_of_killed_jobs_are_stopped_and_live_ones_kept(tmp_path):
+    """A killed job's wandb-core can keep its run id; a rerun stops such orphans (only those
+    whose owner process is dead) before it takes the id again."""
+    from sweeper.job import reap_orphaned_wandb_services
+    fake = tmp_path / "wandb-core"
+    fake.symlink_to(os.path.realpath(sys.executable))
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    code = "import time; time.sleep(60)"
+    orphan = subprocess.Popen([str(fake), "-c", code, "--pid", str(dead.pid)])
+    owned = subprocess.Popen([str(fake), "-c", code, "--pid", str(os.getpid())])
+    try:
+        time.sleep(0.5)
+        assert reap_orphaned_wandb_services() >= 1
+        orphan.wait(timeout=10)
+        assert owned.poll() is None
+    finally:
+        orphan.kill()
+        owned.kill()
