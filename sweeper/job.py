@@ -6,7 +6,6 @@ import json
 import logging
 import os
 import signal
-import threading
 import time
 import traceback
 from pathlib import Path
@@ -68,22 +67,6 @@ def train_settings(cfg: DictConfig) -> TrainSettings:
         restart_weights=tuple(t.scheduler.restart_weights), eta_min=t.scheduler.eta_min,
         ema_decay=t.ema_decay, seed=cfg.seed, log_every=t.log_every, val_every=t.val_every,
         ckpt_every=t.ckpt_every, num_workers=cfg.data.num_workers, device=str(resolve_device(t.device)))
-
-
-def warm_up_wandb(cfg: DictConfig) -> None:
-    """Start wandb's service process in the background while the job loads its data (~0.5 s
-    of each job process's start-up otherwise)."""
-    if cfg.logger.mode == "disabled":
-        return
-
-    def setup():
-        try:
-            import wandb
-            wandb.setup()
-        except Exception as e:  # noqa: BLE001 - wandb.init will report any real problem
-            log.debug("wandb warm-up failed: %s", e)
-
-    threading.Thread(target=setup, name="wandb-warm-up", daemon=True).start()
 
 
 def interpret_after_training(cfg: DictConfig, net, test_sets: dict, job_dir: Path, job_name: str) -> dict:
@@ -167,7 +150,6 @@ def run_job(cfg: DictConfig, job_dir: Path, job_name: str, tags: list[str]) -> d
         return json.loads(results_path.read_text())["metrics"]
     validate_config(cfg)
     job_dir.mkdir(parents=True, exist_ok=True)
-    warm_up_wandb(cfg)
     status = JobStatus(job_dir, job_name, cfg.train.iterations)
     with StopRequest() as stop:
         try:
