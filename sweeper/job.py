@@ -82,11 +82,12 @@ def interpret_after_training(cfg: DictConfig, net, test_sets: dict, job_dir: Pat
             f"{prefix}/chi": result["chi"], f"{prefix}/chi_2d": result["chi_2d"]}
 
 
-def start_wandb(cfg: DictConfig, job_dir: Path, job_name: str, tags: list[str], patience_s: float = 120.0):
+def start_wandb(cfg: DictConfig, job_dir: Path, job_name: str, tags: list[str]):
     os.environ.setdefault("WANDB_ERROR_REPORTING", "false")  # offline must not even look up DNS
     os.environ.setdefault("WANDB_SILENT", "true")
     import wandb
-    kwargs = dict(
+    own_wandb_service()
+    return wandb.init(
         project=cfg.logger.project, entity=cfg.logger.entity, mode=cfg.logger.mode,
         group=cfg.sweep_name or "runs", job_type="train", name=job_name,
         tags=[t[:64] for t in tags], id=run_id(cfg.sweep_name, job_name), resume="allow",
@@ -95,46 +96,17 @@ def start_wandb(cfg: DictConfig, job_dir: Path, job_name: str, tags: list[str], 
                                   "swept": dict(t.split("=", 1) for t in tags if "=" in t)},
         settings=wandb.Settings(console="off", x_disable_stats=True),
     )
-    deadline = time.monotonic() + patience_s
-    while True:
-        try:
-            return wandb.init(**kwargs)
-        except Exception as e:  # noqa: BLE001
-            # A killed attempt's wandb service outlives it for a moment and still holds the
-            # run id: a requeue or rerun right after a kill waits for it to let go.
-            if "is in use" not in str(e) or time.monotonic() > deadline:
-                raise
-            reaped = reap_orphaned_wandb_services()
-            log.info("%s: wandb run %s is still held by a killed attempt's service; %s", job_name,
-                     kwargs["id"], f"stopped {reaped} orphaned service(s)" if reaped else "waiting")
-            time.sleep(2)
 
 
-def reap_orphaned_wandb_services() -> int:
-    """Stop wandb-core processes whose owner (its --pid) is dead: the services of killed jobs,
-    which can keep holding their run id. Linux only; others are left alone."""
-    reaped = 0
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            args = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if not args or not args[0].endswith(b"wandb-core") or b"--pid" not in args:
-            continue
-        owner = int(args[args.index(b"--pid") + 1])
-        try:
-            os.kill(owner, 0)
-            continue  # its job is alive
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue
-        try:
-            os.kill(int(proc.name), signal.SIGTERM)
-            reaped += 1
-        except (ProcessLookupError, PermissionError):
-            pass
-    return reaped
+def own_wandb_service() -> None:
+    """Make this job start its own wandb service. wandb exports its service's address
+    (WANDB_SERVICE) to child processes, so a job launched by any process that used wandb
+    (a notebook, a test session, analysis.interpret) would log through that parent's
+    service; a killed job's run then stays registered there, and the rerun is refused
+    with "run ID ... is in use". The token names the pid that started the service."""
+    token = os.environ.get("WANDB_SERVICE")
+    if token and token.split("-")[1:2] != [str(os.getpid())]:
+        os.environ.pop("WANDB_SERVICE")
 
 
 def run_job(cfg: DictConfig, job_dir: Path, job_name: str, tags: list[str]) -> dict:

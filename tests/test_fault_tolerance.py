@@ -194,22 +194,24 @@ def test_local_parallel_a_killed_worker_fails_only_its_job(tmp_path):
     assert job_state(first)[0] == "failed"
 
 
-def test_orphaned_wandb_services_of_killed_jobs_are_stopped_and_live_ones_kept(tmp_path):
-    """A killed job's wandb-core can keep its run id; a rerun stops such orphans (only those
-    whose owner process is dead) before it takes the id again."""
-    from sweeper.job import reap_orphaned_wandb_services
-    fake = tmp_path / "wandb-core"
-    fake.symlink_to(os.path.realpath(sys.executable))
-    dead = subprocess.Popen(["true"])
-    dead.wait()
-    code = "import time; time.sleep(60)"
-    orphan = subprocess.Popen([str(fake), "-c", code, "--pid", str(dead.pid)])
-    owned = subprocess.Popen([str(fake), "-c", code, "--pid", str(os.getpid())])
+
+def test_a_job_killed_under_a_parent_that_used_wandb_reruns(tmp_path):
+    """wandb exports its service's address (WANDB_SERVICE) to child processes. A job must not
+    log through its launcher's service: killed, it would leave its run id registered there
+    and the rerun would be refused ("run ID ... is in use")."""
+    import wandb
+    wandb.setup()  # this test process now owns a service and exports it
+    assert os.environ.get("WANDB_SERVICE")
     try:
-        time.sleep(0.5)
-        assert reap_orphaned_wandb_services() >= 1
-        orphan.wait(timeout=10)
-        assert owned.poll() is None
+        proc = start_sweeper(["-m", *LONG], tmp_path)
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob("sweeps/*/*/checkpoint.pt")):
+            assert time.monotonic() < deadline and proc.poll() is None
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate(timeout=60)
+        run_sweeper(["-m", *LONG], tmp_path)
     finally:
-        orphan.kill()
-        owned.kill()
+        wandb.teardown()
+    (done,) = results(sweep_dir(tmp_path)).values()
+    assert done["attempt"] == 2
