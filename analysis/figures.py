@@ -45,23 +45,29 @@ def _save(fig, out_dir: Path, name: str) -> list[Path]:
     return paths
 
 
+def _grouped_bars(ax, degs: list[str], groups: list[tuple[str, pd.DataFrame]], value: str, err) -> None:
+    """One bar per group at each test degradation; ``err(rows)`` gives the error bars."""
+    x = np.arange(len(degs))
+    width = 0.8 / max(1, len(groups))
+    for i, (label, rows) in enumerate(groups):
+        rows = rows.reindex(degs)
+        ax.bar(x + (i - (len(groups) - 1) / 2) * width, rows[value], width, yerr=err(rows), capsize=2, label=label)
+    ax.set_xticks(x, degs, rotation=30, ha="right")
+
+
 def grouped_bars(stats: pd.DataFrame, out_dir: Path, metric: str = "psnr") -> list[Path]:
     plt = _plt()
     data, set_name = _one_set(stats.dropna(subset=["mean"]))
     keys = [c for c in stats.columns if c not in STAT_COLUMNS]
     settings = data[keys].drop_duplicates()
     degs = [d for d in TEST_DEGRADATIONS if d in set(data["degradation"])]
-    x = np.arange(len(degs))
-    width = 0.8 / max(1, len(settings))
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(degs)), 3.5))
-    for i, (_, setting) in enumerate(settings.iterrows()):
-        rows = data[np.logical_and.reduce([data[k].astype(str) == str(setting[k]) for k in keys])]
-        rows = rows.set_index("degradation").reindex(degs)
-        ax.bar(x + (i - (len(settings) - 1) / 2) * width, rows["mean"], width, yerr=rows["std"].fillna(0),
-               label=_label(setting, keys), capsize=2)
+    groups = [(_label(setting, keys),
+               data[np.logical_and.reduce([data[k].astype(str) == str(setting[k]) for k in keys])]
+               .set_index("degradation")) for _, setting in settings.iterrows()]
+    _grouped_bars(ax, degs, groups, "mean", lambda rows: rows["std"].fillna(0))
     lo = data["mean"].min()
     ax.set_ylim(lo - 1.0, data["mean"].max() + 0.5)
-    ax.set_xticks(x, degs, rotation=30, ha="right")
     ax.set_ylabel(f"{metric.upper()} (dB)")
     ax.set_title(f"{metric.upper()} per test degradation ({set_name})")
     ax.legend(fontsize=7, ncol=2)
@@ -101,17 +107,17 @@ def gain_by_position(stats: pd.DataFrame, out_dir: Path, metric: str = "psnr") -
         return []
     positions = list(dict.fromkeys(data["dropout.position"].astype(str)))
     degs = [d for d in TEST_DEGRADATIONS if d in set(data["degradation"])]
-    x = np.arange(len(degs))
-    width = 0.8 / len(positions)
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(degs)), 3.5))
-    for i, pos in enumerate(positions):
-        rows = data[data["dropout.position"].astype(str) == pos].groupby("degradation").first().reindex(degs)
-        err = None
-        if rows["ci_low"].notna().any():
-            err = np.vstack([rows["delta"] - rows["ci_low"], rows["ci_high"] - rows["delta"]]).clip(min=0)
-        ax.bar(x + (i - (len(positions) - 1) / 2) * width, rows["delta"], width, yerr=err, capsize=2, label=pos)
+
+    def interval(rows):
+        if not rows["ci_low"].notna().any():
+            return None
+        return np.vstack([rows["delta"] - rows["ci_low"], rows["ci_high"] - rows["delta"]]).clip(min=0)
+
+    groups = [(pos, data[data["dropout.position"].astype(str) == pos].groupby("degradation").first())
+              for pos in positions]
+    _grouped_bars(ax, degs, groups, "delta", interval)
     ax.axhline(0, color="grey", lw=0.8)
-    ax.set_xticks(x, degs, rotation=30, ha="right")
     ax.set_ylabel(f"Δ {metric.upper()} vs no dropout (dB)")
     ax.set_title(f"Gain by dropout position ({set_name}; bars: 95% bootstrap CI)")
     ax.legend(fontsize=7, ncol=3)

@@ -27,7 +27,6 @@ sys.path.insert(0, str(ROOT))
 SETS = ["Set5", "Set14", "BSD68"]
 DEGS = ["clean", "blur", "noise", "jpeg", "blur+noise", "blur+jpeg", "noise+jpeg", "blur+noise+jpeg"]
 POSITIONS = ["none", "first", "b8", "half", "last"]
-PS = [round(0.1 * i, 1) for i in range(1, 11)][:10]
 IMAGES = 5
 
 

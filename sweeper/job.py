@@ -13,14 +13,13 @@ from pathlib import Path
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from srcore.atomic import atomic_write
 from srcore.data import TrainPatches, load_images
 from srcore.degradations import build_degradation
 from srcore.evaluate import evaluate
 from srcore.models import build_model
 from srcore.models.checkpoint import save_weights
 from srcore.train import Interrupted, TrainSettings, resolve_device, train
-from sweeper.jobstate import RESULTS, JobStatus, where
+from sweeper.jobstate import RESULTS, JobStatus, where, write_json
 from sweeper.naming import run_id
 from sweeper.optuna_report import Pruned
 from sweeper.preemption import StopRequest
@@ -75,7 +74,7 @@ def interpret_after_training(cfg: DictConfig, net, test_sets: dict, job_dir: Pat
 
     images = next(iter(test_sets.values()))[: cfg.interpret.max_images]
     result, _, _ = interpret_model(net.cpu(), images, cfg.interpret.layer, cfg.interpret.embed, title=job_name)
-    atomic_write(job_dir / "interpret" / "interpretation.json", lambda f: json.dump(result, f, indent=1), mode="w")
+    write_json(job_dir / "interpret" / "interpretation.json", result)
     ev = result["evenness"][result["layer"]]
     prefix = f"interpret/{result['layer']}"
     return {f"{prefix}/gini": ev["gini"], f"{prefix}/entropy": ev["entropy"], f"{prefix}/cv": ev["cv"],
@@ -224,7 +223,7 @@ def _train_and_evaluate(cfg: DictConfig, job_dir: Path, job_name: str, tags: lis
                    "attempt": status.data["attempt"], "ran_on": where()}
         if cfg.get("interpret") and cfg.interpret.after_training:
             run.summary.update(interpret_after_training(cfg, net, test_sets, job_dir, job_name))
-        atomic_write(job_dir / RESULTS, lambda f: json.dump(results, f, indent=1), mode="w")
+        write_json(job_dir / RESULTS, results)
         status.write(state="done", phase=None)
         exit_code = 0
         log.info("%s: done (train %.1fs, eval %.1fs)", job_name, train_seconds, eval_seconds)

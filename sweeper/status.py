@@ -84,14 +84,14 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 2
     while True:
-        running = 0
+        running = failed = 0
         for sweep in sweeps:
             lines, counts = sweep_status(sweep)
             print(f"== {sweep}" if len(sweeps) > 1 else f"== {sweep.name}")
             print("\n".join(lines))
             running += counts["running"]
+            failed += counts["failed"]
         if not args.watch or not running:
-            failed = any(sweep_status(s)[1]["failed"] for s in sweeps)
             return 1 if failed else 0
         time.sleep(args.watch)
         print()

@@ -185,7 +185,7 @@ class OptunaSweeper(Sweeper):
             trials, jobs = [], []
             for _ in range(batch):
                 trial = study.ask(space)
-                job = fixed + [f"{k}={_override_value(v)}" for k, v in trial.params.items()]
+                job = fixed + [f"{k}={v}" for k, v in trial.params.items()]
                 job += list(trial.user_attrs.get("extra_overrides", []))
                 # the job reports to this trial and decides on pruning with the same pruner
                 job += [f"optuna.storage='{url}'", f"optuna.study='{name}'", f"optuna.trial={trial._trial_id}",
@@ -310,7 +310,3 @@ def _typed(dist, value: str):
         if str(choice) == value:
             return choice
     return value
-
-
-def _override_value(v) -> str:
-    return str(v) if not isinstance(v, str) else v
