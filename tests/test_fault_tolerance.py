@@ -194,7 +194,6 @@ def test_local_parallel_a_killed_worker_fails_only_its_job(tmp_path):
     assert job_state(first)[0] == "failed"
 
 
-
 def test_a_job_killed_under_a_parent_that_used_wandb_reruns(tmp_path):
     """wandb exports its service's address (WANDB_SERVICE) to child processes. A job must not
     log through its launcher's service: killed, it would leave its run id registered there
@@ -215,3 +214,18 @@ def test_a_job_killed_under_a_parent_that_used_wandb_reruns(tmp_path):
         wandb.teardown()
     (done,) = results(sweep_dir(tmp_path)).values()
     assert done["attempt"] == 2
+
+
+def test_the_early_started_wandb_service_is_the_jobs_own():
+    """The job starts wandb's service in a thread while it loads data; that service must be
+    its own even when it inherited a parent's address (see the test above)."""
+    code = ("import os; os.environ['WANDB_SERVICE'] = '2-1-tcp-localhost-1'\n"
+            "from omegaconf import OmegaConf\n"
+            "from sweeper.job import start_wandb_service\n"
+            "assert start_wandb_service(OmegaConf.create({'logger': {'mode': 'disabled'}})) is None\n"
+            "start_wandb_service(OmegaConf.create({'logger': {'mode': 'offline'}})).join()\n"
+            "print(os.environ['WANDB_SERVICE'].split('-')[1], os.getpid())\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    service_pid, pid = out.stdout.split()
+    assert service_pid == pid
