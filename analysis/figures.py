@@ -21,7 +21,8 @@ from srcore.eval_degradations import TEST_DEGRADATIONS
 STAT_COLUMNS = {"set", "degradation", "n", "mean", "std", "baseline", "status", "delta", "ci_low", "ci_high", "best"}
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the file-only backend (no display on clusters and CI)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -38,11 +39,17 @@ def _label(row, keys) -> str:
     return ", ".join(f"{k.split('.')[-1]}={row[k]}" for k in keys)
 
 
-def _save(fig, out_dir: Path, name: str) -> list[Path]:
-    paths = [out_dir / f"{name}.png", out_dir / f"{name}.pdf"]
+def save_figure(fig, *paths: Path) -> list[Path]:
+    """Write ``fig`` to each path (format from the suffix), then close it."""
     for p in paths:
+        p.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(p, dpi=150, bbox_inches="tight")
-    return paths
+    pyplot().close(fig)
+    return list(paths)
+
+
+def _save(fig, out_dir: Path, name: str) -> list[Path]:
+    return save_figure(fig, out_dir / f"{name}.png", out_dir / f"{name}.pdf")
 
 
 def _grouped_bars(ax, degs: list[str], groups: list[tuple[str, pd.DataFrame]], value: str, err) -> None:
@@ -56,7 +63,7 @@ def _grouped_bars(ax, degs: list[str], groups: list[tuple[str, pd.DataFrame]], v
 
 
 def grouped_bars(stats: pd.DataFrame, out_dir: Path, metric: str = "psnr") -> list[Path]:
-    plt = _plt()
+    plt = pyplot()
     data, set_name = _one_set(stats.dropna(subset=["mean"]))
     keys = [c for c in stats.columns if c not in STAT_COLUMNS]
     settings = data[keys].drop_duplicates()
@@ -71,15 +78,13 @@ def grouped_bars(stats: pd.DataFrame, out_dir: Path, metric: str = "psnr") -> li
     ax.set_ylabel(f"{metric.upper()} (dB)")
     ax.set_title(f"{metric.upper()} per test degradation ({set_name})")
     ax.legend(fontsize=7, ncol=2)
-    paths = _save(fig, out_dir, "bars")
-    plt.close(fig)
-    return paths
+    return _save(fig, out_dir, "bars")
 
 
 def gain_vs_p(stats: pd.DataFrame, out_dir: Path, metric: str = "psnr") -> list[Path]:
     if "dropout.p" not in stats.columns:
         return []
-    plt = _plt()
+    plt = pyplot()
     data, set_name = _one_set(stats)
     data = data.assign(p=pd.to_numeric(data["dropout.p"], errors="coerce"))
     data.loc[data["baseline"].astype(bool), "delta"] = 0.0
@@ -92,15 +97,13 @@ def gain_vs_p(stats: pd.DataFrame, out_dir: Path, metric: str = "psnr") -> list[
     ax.set_ylabel(f"Δ {metric.upper()} vs no dropout (dB)")
     ax.set_title(f"Gain vs p ({set_name})")
     ax.legend(fontsize=7, ncol=2)
-    paths = _save(fig, out_dir, "gain_vs_p")
-    plt.close(fig)
-    return paths
+    return _save(fig, out_dir, "gain_vs_p")
 
 
 def gain_by_position(stats: pd.DataFrame, out_dir: Path, metric: str = "psnr") -> list[Path]:
     if "dropout.position" not in stats.columns:
         return []
-    plt = _plt()
+    plt = pyplot()
     data, set_name = _one_set(stats)
     data = data[~data["baseline"].astype(bool)].dropna(subset=["delta"])
     if data.empty:
@@ -121,9 +124,7 @@ def gain_by_position(stats: pd.DataFrame, out_dir: Path, metric: str = "psnr") -
     ax.set_ylabel(f"Δ {metric.upper()} vs no dropout (dB)")
     ax.set_title(f"Gain by dropout position ({set_name}; bars: 95% bootstrap CI)")
     ax.legend(fontsize=7, ncol=3)
-    paths = _save(fig, out_dir, "gain_by_position")
-    plt.close(fig)
-    return paths
+    return _save(fig, out_dir, "gain_by_position")
 
 
 def write_figures(stats: pd.DataFrame, out_dir: Path, metric: str = "psnr") -> list[Path]:

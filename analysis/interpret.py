@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from analysis.figures import pyplot, save_figure
 from srcore.atomic import atomic_write
 from srcore.data import load_images
 from srcore.eval_degradations import TEST_DEGRADATIONS
@@ -66,20 +67,13 @@ def write_result(result: dict, emb: np.ndarray, labels: np.ndarray, out_dir: Pat
     atomic_write(out_dir / RESULT, lambda f: json.dump(result, f, indent=1), mode="w")
 
 
-def _plt():
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    return plt
-
-
 def csm_matrix(result: dict) -> tuple[list[str], np.ndarray]:
     names = list(result["csm"])
     return names, np.stack([np.asarray(result["csm"][n]) / max(np.max(result["csm"][n]), 1e-30) for n in names])
 
 
 def _figures(result: dict, emb: np.ndarray, labels: np.ndarray, out_dir: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     names, m = csm_matrix(result)
     fig, ax = plt.subplots(figsize=(8, 0.25 * len(names) + 1.5))
     im = ax.imshow(m, aspect="auto", cmap="viridis")
@@ -87,8 +81,7 @@ def _figures(result: dict, emb: np.ndarray, labels: np.ndarray, out_dir: Path) -
     ax.set_xlabel("channel")
     ax.set_title(f"Channel saliency (row-normalised) — {result['title']}")
     fig.colorbar(im, ax=ax)
-    fig.savefig(out_dir / "csm.png", dpi=150, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, out_dir / "csm.png")
 
     drops = np.sort(np.asarray(result["ablation_drop_db"]))[::-1]
     fig, ax = plt.subplots(figsize=(5, 3))
@@ -96,8 +89,7 @@ def _figures(result: dict, emb: np.ndarray, labels: np.ndarray, out_dir: Path) -
     ax.set_xlabel("channel (sorted)")
     ax.set_ylabel("PSNR drop (dB)")
     ax.set_title(f"Channel ablation at {result['layer']}")
-    fig.savefig(out_dir / "ablation.png", dpi=150, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, out_dir / "ablation.png")
 
     fig, ax = plt.subplots(figsize=(5, 4.5))
     for k, deg in enumerate(result["degradations"]):
@@ -105,12 +97,11 @@ def _figures(result: dict, emb: np.ndarray, labels: np.ndarray, out_dir: Path) -
         ax.scatter(pts[:, 0], pts[:, 1], s=8, label=deg)
     ax.set_title(f"DDR at {result['layer']} ({result['embedding']}), CHI {result['chi_2d']:.4g}")
     ax.legend(fontsize=6, markerscale=2)
-    fig.savefig(out_dir / "ddr.png", dpi=150, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, out_dir / "ddr.png")
 
 
 def pair_figure(a: dict, b: dict, out: Path) -> None:
-    plt = _plt()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(14, 0.25 * len(a["csm"]) + 1.5))
     for ax, r in zip(axes, (a, b)):
         names, m = csm_matrix(r)
@@ -119,9 +110,7 @@ def pair_figure(a: dict, b: dict, out: Path) -> None:
         ev = r["evenness"][r["layer"]]
         ax.set_title(f"{textwrap.fill(r['title'], 70)}\n{r['layer']}: Gini {ev['gini']:.3f}, entropy {ev['entropy']:.3f}; "
                      f"CHI {r['chi']:.4g}", fontsize=8)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=150, bbox_inches="tight")
-    plt.close(fig)
+    save_figure(fig, out)
 
 
 def log_to_wandb(job_dir: Path, cfg, result: dict, out_dir: Path) -> str | None:

@@ -86,11 +86,11 @@ def start_wandb_service(cfg: DictConfig) -> threading.Thread | None:
     """Start wandb's service process while the job loads its data and builds its model:
     ~0.5-1 s of every job process's start-up otherwise, spent waiting for that process.
     ``start_wandb`` joins the thread before ``wandb.init``, so the two never overlap."""
-    if cfg.logger.mode == "disabled":
-        return None
     os.environ.setdefault("WANDB_ERROR_REPORTING", "false")  # offline must not even look up DNS
     os.environ.setdefault("WANDB_SILENT", "true")
     own_wandb_service()
+    if cfg.logger.mode == "disabled":
+        return None
 
     def setup() -> None:
         try:
@@ -105,13 +105,11 @@ def start_wandb_service(cfg: DictConfig) -> threading.Thread | None:
 
 
 def start_wandb(cfg: DictConfig, job_dir: Path, job_name: str, tags: list[str],
-                service_start: threading.Thread | None = None):
+                service_start: threading.Thread | None):
+    """The job's wandb run; ``service_start`` is ``start_wandb_service``'s thread."""
     if service_start is not None:
         service_start.join()
-    os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
-    os.environ.setdefault("WANDB_SILENT", "true")
     import wandb
-    own_wandb_service()
     return wandb.init(
         project=cfg.logger.project, entity=cfg.logger.entity, mode=cfg.logger.mode,
         group=cfg.sweep_name or "runs", job_type="train", name=job_name,

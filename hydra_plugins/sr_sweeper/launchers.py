@@ -154,10 +154,12 @@ class LocalParallelLauncher(Launcher):
         ctx = mp.get_context("spawn")  # a fresh interpreter: no CUDA state or locks inherited
         workers: dict[int, tuple[Any, Any]] = {}
 
+        def gpu_of(slot: int) -> str | None:
+            return gpus[slot % len(gpus)] if gpus else None  # round-robin
+
         def start_worker(slot: int):
-            device = gpus[slot % len(gpus)] if gpus else None
             parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker_main, args=(child, device, threads, str(logs / f"slot{slot}.log")),
+            proc = ctx.Process(target=_worker_main, args=(child, gpu_of(slot), threads, str(logs / f"slot{slot}.log")),
                                name=f"sr-slot{slot}")
             proc.start()
             child.close()
@@ -178,8 +180,7 @@ class LocalParallelLauncher(Launcher):
                     args = (list(overrides), "hydra.sweep.dir", n, f"{os.getpid()}_{n}", Singleton.get_state())
                     workers[slot][1].send_bytes(cloudpickle.dumps((self, args)))
                     busy[slot] = i
-                    device = gpus[slot % len(gpus)] if gpus else None
-                    log.info("\t#%d started (slot %d, GPU %s): %s", n, slot, device,
+                    log.info("\t#%d started (slot %d, GPU %s): %s", n, slot, gpu_of(slot),
                              " ".join(filter_overrides(overrides)))
                 ready = wait([workers[s][1] for s in busy] + [workers[s][0].sentinel for s in busy])
                 for slot, i in list(busy.items()):
