@@ -15,10 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from analysis.stats import AVERAGE
+from analysis.stats import AVERAGE, STAT_COLUMNS, TEST_DEGRADATION, TEST_SET
 from srcore.eval_degradations import TEST_DEGRADATIONS
-
-STAT_COLUMNS = {"set", "degradation", "n", "mean", "std", "baseline", "status", "delta", "ci_low", "ci_high", "best"}
 
 
 def pyplot():
@@ -30,9 +28,9 @@ def pyplot():
 
 
 def _one_set(stats: pd.DataFrame) -> tuple[pd.DataFrame, str]:
-    sets = [s for s in stats["set"].dropna().unique()]
+    sets = [s for s in stats[TEST_SET].dropna().unique()]
     name = AVERAGE if AVERAGE in sets else sets[0]
-    return stats[stats["set"] == name], name
+    return stats[stats[TEST_SET] == name], name
 
 
 def _label(row, keys) -> str:
@@ -67,11 +65,11 @@ def grouped_bars(stats: pd.DataFrame, out_dir: Path, metric: str = "psnr") -> li
     data, set_name = _one_set(stats.dropna(subset=["mean"]))
     keys = [c for c in stats.columns if c not in STAT_COLUMNS]
     settings = data[keys].drop_duplicates()
-    degs = [d for d in TEST_DEGRADATIONS if d in set(data["degradation"])]
+    degs = [d for d in TEST_DEGRADATIONS if d in set(data[TEST_DEGRADATION])]
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(degs)), 3.5))
     groups = [(_label(setting, keys),
                data[np.logical_and.reduce([data[k].astype(str) == str(setting[k]) for k in keys])]
-               .set_index("degradation")) for _, setting in settings.iterrows()]
+               .set_index(TEST_DEGRADATION)) for _, setting in settings.iterrows()]
     _grouped_bars(ax, degs, groups, "mean", lambda rows: rows["std"].fillna(0))
     lo = data["mean"].min()
     ax.set_ylim(lo - 1.0, data["mean"].max() + 0.5)
@@ -89,8 +87,8 @@ def gain_vs_p(stats: pd.DataFrame, out_dir: Path, metric: str = "psnr") -> list[
     data = data.assign(p=pd.to_numeric(data["dropout.p"], errors="coerce"))
     data.loc[data["baseline"].astype(bool), "delta"] = 0.0
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for deg in [d for d in TEST_DEGRADATIONS if d in set(data["degradation"])]:
-        rows = data[data["degradation"] == deg].sort_values("p")
+    for deg in [d for d in TEST_DEGRADATIONS if d in set(data[TEST_DEGRADATION])]:
+        rows = data[data[TEST_DEGRADATION] == deg].sort_values("p")
         ax.plot(rows["p"], rows["delta"], marker="o", label=deg)
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_xlabel("dropout p")
@@ -109,7 +107,7 @@ def gain_by_position(stats: pd.DataFrame, out_dir: Path, metric: str = "psnr") -
     if data.empty:
         return []
     positions = list(dict.fromkeys(data["dropout.position"].astype(str)))
-    degs = [d for d in TEST_DEGRADATIONS if d in set(data["degradation"])]
+    degs = [d for d in TEST_DEGRADATIONS if d in set(data[TEST_DEGRADATION])]
     fig, ax = plt.subplots(figsize=(max(6, 1.2 * len(degs)), 3.5))
 
     def interval(rows):
@@ -117,7 +115,7 @@ def gain_by_position(stats: pd.DataFrame, out_dir: Path, metric: str = "psnr") -
             return None
         return np.vstack([rows["delta"] - rows["ci_low"], rows["ci_high"] - rows["delta"]]).clip(min=0)
 
-    groups = [(pos, data[data["dropout.position"].astype(str) == pos].groupby("degradation").first())
+    groups = [(pos, data[data["dropout.position"].astype(str) == pos].groupby(TEST_DEGRADATION).first())
               for pos in positions]
     _grouped_bars(ax, degs, groups, "delta", interval)
     ax.axhline(0, color="grey", lw=0.8)

@@ -15,6 +15,11 @@ import pandas as pd
 DROPOUT_KEYS = ("swept.dropout.position", "swept.dropout.p", "swept.dropout.kind")
 SEED_KEY = "swept.seed"
 AVERAGE = "average"  # the pseudo test set: all test sets' images together
+# The test axes of the statistics frame. Named apart from the swept keys, which label the
+# rows by their config key: a sweep over the training `degradation` must not collide with them.
+TEST_SET, TEST_DEGRADATION = "test_set", "test_degradation"
+STAT_COLUMNS = {TEST_SET, TEST_DEGRADATION, "n", "mean", "std", "baseline", "status", "delta", "ci_low", "ci_high",
+                "best"}
 
 
 def is_baseline(runs: pd.DataFrame) -> pd.Series:
@@ -57,7 +62,7 @@ def _ids(frame: pd.DataFrame, keys: list[str]) -> pd.Series:
 
 def ablation_stats(runs: pd.DataFrame, per_image: pd.DataFrame | None = None, metric: str = "psnr",
                    n_boot: int = 2000, boot_seed: int = 0) -> pd.DataFrame:
-    """One row per (setting, set, degradation): n, mean, std (over seeds), delta vs the baseline,
+    """One row per (setting, test set, test degradation): n, mean, std (over seeds), delta vs the baseline,
     the bootstrap interval of delta, best-in-column, and the status of the setting's runs.
 
     ``per_image`` (run_id, set, image, degradation, <metric>) feeds the intervals; without it
@@ -74,14 +79,15 @@ def ablation_stats(runs: pd.DataFrame, per_image: pd.DataFrame | None = None, me
 
     # Per-run score per (set, degradation), plus the average over sets.
     long = finished.melt(id_vars=ident, value_vars=cols, var_name="key", value_name="value").dropna(subset=["value"])
-    long[["set", "degradation"]] = long["key"].str.split("/", expand=True)[[1, 2]]
+    long[[TEST_SET, TEST_DEGRADATION]] = long["key"].str.split("/", expand=True)[[1, 2]]
     long = long.drop(columns="key")
-    several_sets = long["set"].nunique() > 1
+    several_sets = long[TEST_SET].nunique() > 1
     if several_sets:
-        avg = long.groupby(ident + ["degradation"], as_index=False)["value"].mean()
-        long = pd.concat([long, avg.assign(set=AVERAGE)], ignore_index=True)
-    scores = long.groupby(["_sid", "set", "degradation"], sort=False)["value"].agg(["count", "mean", "std"])
-    base_means = long[long["_base"]].groupby(["_cid", "set", "degradation"])["value"].mean()
+        avg = long.groupby(ident + [TEST_DEGRADATION], as_index=False)["value"].mean()
+        long = pd.concat([long, avg.assign(**{TEST_SET: AVERAGE})], ignore_index=True)
+    axes = [TEST_SET, TEST_DEGRADATION]
+    scores = long.groupby(["_sid", *axes], sort=False)["value"].agg(["count", "mean", "std"])
+    base_means = long[long["_base"]].groupby(["_cid", *axes])["value"].mean()
 
     # Per-image values as one (seed, image) x setting matrix per (set, degradation).
     matrices, base_sids = {}, runs[runs["_base"]].groupby("_cid")["_sid"].unique()
@@ -100,11 +106,11 @@ def ablation_stats(runs: pd.DataFrame, per_image: pd.DataFrame | None = None, me
         label = {k.removeprefix("swept."): setting[k] for k in keys}
         status, is_base, cid = _status(mine), bool(mine["_base"].all()), setting["_cid"]
         if sid not in scores.index.get_level_values(0):
-            rows.append({**label, "set": None, "degradation": None, "n": 0, "mean": np.nan, "baseline": is_base,
+            rows.append({**label, TEST_SET: None, TEST_DEGRADATION: None, "n": 0, "mean": np.nan, "baseline": is_base,
                          "status": status})
             continue
         for (test_set, deg), sc in scores.loc[sid].iterrows():
-            row = {**label, "set": test_set, "degradation": deg, "n": int(sc["count"]), "mean": sc["mean"],
+            row = {**label, TEST_SET: test_set, TEST_DEGRADATION: deg, "n": int(sc["count"]), "mean": sc["mean"],
                    "std": sc["std"] if sc["count"] > 1 else np.nan, "baseline": is_base, "status": status}
             if not is_base and (cid, test_set, deg) in base_means.index:
                 row["delta"] = row["mean"] - base_means[cid, test_set, deg]
@@ -117,7 +123,7 @@ def ablation_stats(runs: pd.DataFrame, per_image: pd.DataFrame | None = None, me
     for col in ("std", "delta", "ci_low", "ci_high"):
         if col not in out:
             out[col] = np.nan
-    out["best"] = out["mean"].notna() & out["mean"].eq(out.groupby(["set", "degradation"])["mean"].transform("max"))
+    out["best"] = out["mean"].notna() & out["mean"].eq(out.groupby(axes)["mean"].transform("max"))
     return out
 
 

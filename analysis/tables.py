@@ -15,27 +15,27 @@ import pandas as pd
 
 from analysis.figures import write_figures
 from analysis.runs import per_image_frame, runs_frame
-from analysis.stats import AVERAGE, ablation_stats
+from analysis.stats import AVERAGE, STAT_COLUMNS, TEST_DEGRADATION, TEST_SET, ablation_stats
 from srcore.eval_degradations import TEST_DEGRADATIONS
 
 
 def ablation_table(runs: pd.DataFrame, metric: str = "psnr") -> pd.DataFrame:
-    """Pivot one sweep's runs: index = swept settings that vary, columns = (set, degradation)."""
+    """Pivot one sweep's runs: index = swept settings that vary, columns = (test set, test degradation)."""
     swept = [c for c in runs.columns if c.startswith("swept.")]
     varying = [c for c in swept if runs[c].nunique(dropna=False) > 1] or swept
     cols = [c for c in runs.columns if c.startswith("test/") and c.endswith(f"/{metric}")]
     finished = runs["state"] == "finished"
     long = (runs.loc[finished, varying + cols]
             .melt(id_vars=varying, value_vars=cols, var_name="key", value_name=metric))
-    long[["set", "degradation"]] = long["key"].str.split("/", expand=True)[[1, 2]]
-    table = long.pivot_table(index=varying, columns=["set", "degradation"], values=metric, aggfunc="mean")
+    long[[TEST_SET, TEST_DEGRADATION]] = long["key"].str.split("/", expand=True)[[1, 2]]
+    table = long.pivot_table(index=varying, columns=[TEST_SET, TEST_DEGRADATION], values=metric, aggfunc="mean")
     # Every launched setting gets a row, even if it has no finished run; rows keep the
     # order the jobs were launched in (runs arrive sorted by start time).
     index = runs[varying].drop_duplicates().set_index(varying).index if varying else table.index
     table = table.reindex(index)
     order = [d for d in TEST_DEGRADATIONS if d in set(table.columns.get_level_values(1))]
     sets = list(dict.fromkeys(table.columns.get_level_values(0)))
-    table = table.reindex(columns=pd.MultiIndex.from_product([sets, order], names=["set", "degradation"]))
+    table = table.reindex(columns=pd.MultiIndex.from_product([sets, order], names=[TEST_SET, TEST_DEGRADATION]))
     table.index.names = [n.removeprefix("swept.") for n in table.index.names]
     return table
 
@@ -59,18 +59,17 @@ def format_cell(row, bold: str = "**{}**") -> str:
 
 def formatted_table(stats: pd.DataFrame, bold: str = "**{}**") -> pd.DataFrame:
     """Rows = settings (in launch order), columns = (set, degradation), cells = format_cell."""
-    keys = [c for c in stats.columns if c not in {"set", "degradation", "n", "mean", "std", "baseline", "status",
-                                                   "delta", "ci_low", "ci_high", "best"}]
+    keys = [c for c in stats.columns if c not in STAT_COLUMNS]
     cells = stats.assign(cell=[format_cell(r, bold) for r in stats.to_dict("records")])
-    present = cells.dropna(subset=["set"])
-    table = present.pivot_table(index=keys, columns=["set", "degradation"], values="cell", aggfunc="first",
+    present = cells.dropna(subset=[TEST_SET])
+    table = present.pivot_table(index=keys, columns=[TEST_SET, TEST_DEGRADATION], values="cell", aggfunc="first",
                                 sort=False)
     table = table.reindex(stats[keys].drop_duplicates().set_index(keys).index)
-    sets = [x for x in dict.fromkeys(present["set"]) if x != AVERAGE] + ([AVERAGE] if AVERAGE in set(present["set"])
-                                                                          else [])
-    degs = [d for d in TEST_DEGRADATIONS if d in set(present["degradation"])]
-    table = table.reindex(columns=pd.MultiIndex.from_product([sets, degs], names=["set", "degradation"]))
-    missing = stats[stats["set"].isna()].set_index(keys)["status"]
+    found = set(present[TEST_SET])
+    sets = [x for x in dict.fromkeys(present[TEST_SET]) if x != AVERAGE] + ([AVERAGE] if AVERAGE in found else [])
+    degs = [d for d in TEST_DEGRADATIONS if d in set(present[TEST_DEGRADATION])]
+    table = table.reindex(columns=pd.MultiIndex.from_product([sets, degs], names=[TEST_SET, TEST_DEGRADATION]))
+    missing = stats[stats[TEST_SET].isna()].set_index(keys)["status"]
     for key, status in missing.items():
         table.loc[key] = status
     return table.fillna("—")

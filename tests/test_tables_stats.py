@@ -70,7 +70,7 @@ def test_mean_std_delta_and_interval_match_the_job_results(fixture_runs):
     key = "test/builtin/noise/psnr"
     last = [by[("last", s)]["metrics"][key] for s in (0, 1)]
     none = [by[("none", s)]["metrics"][key] for s in (0, 1)]
-    row = stats[(stats["dropout.position"] == "last") & (stats["degradation"] == "noise")].iloc[0]
+    row = stats[(stats["dropout.position"] == "last") & (stats["test_degradation"] == "noise")].iloc[0]
     assert row["n"] == 2 and row["mean"] == pytest.approx(np.mean(last), abs=1e-12)
     assert row["std"] == pytest.approx(np.std(last, ddof=1), abs=1e-12)
     assert row["delta"] == pytest.approx(np.mean(last) - np.mean(none), abs=1e-12)
@@ -83,7 +83,7 @@ def test_mean_std_delta_and_interval_match_the_job_results(fixture_runs):
         d += [img[k] - ref[k] for k in img if k[1] == "noise"]
     assert len(d) == 2
     assert (row["ci_low"], row["ci_high"]) == pytest.approx((min(d), max(d)), abs=1e-12)
-    base = stats[(stats["dropout.position"] == "none") & (stats["degradation"] == "noise")].iloc[0]
+    base = stats[(stats["dropout.position"] == "none") & (stats["test_degradation"] == "noise")].iloc[0]
     assert bool(base["baseline"]) and np.isnan(base["delta"])
     first = stats[stats["dropout.position"] == "first"].iloc[0]
     assert first["status"] == "unfinished" and first["n"] == 0
@@ -106,12 +106,12 @@ def test_table_cells_best_marks_and_missing(fixture_runs):
     assert list(table.index) == ["none", "last", "first"]
     assert (table.loc["first"] == "unfinished").all()
     for deg in ["clean", "noise"]:
-        col = stats[stats["degradation"] == deg].dropna(subset=["mean"])
+        col = stats[stats["test_degradation"] == deg].dropna(subset=["mean"])
         best = col.loc[col["mean"].idxmax(), "dropout.position"]
         assert table.loc[best, ("builtin", deg)].startswith("**")
         other = "none" if best == "last" else "last"
         assert not table.loc[other, ("builtin", deg)].startswith("**")
-    row = stats[(stats["dropout.position"] == "last") & (stats["degradation"] == "clean")].iloc[0]
+    row = stats[(stats["dropout.position"] == "last") & (stats["test_degradation"] == "clean")].iloc[0]
     expected = f"{row['mean']:.2f} ± {row['std']:.2f}"
     cell = table.loc["last", ("builtin", "clean")]
     assert expected in cell and f"({row['delta']:+.2f} [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}])" in cell
@@ -211,3 +211,32 @@ def test_experiment_presets_compose_their_grids():
         for o in parsed:
             n *= len(list(o.sweep_iterator())) if o.is_sweep_override() else 1
         assert n == 2 * size, name
+
+
+def test_a_sweep_over_the_training_degradation_keeps_its_rows(tmp_path):
+    """`degradation` is both a config key (the training degradation, a row) and a test axis
+    (a column): sweeping it, as experiment=bicubic_vs_multi does, must give one row per
+    training degradation and every test column, with Δ against each one's own baseline."""
+    import pandas as pd
+    from analysis.tables import write_tables
+    rows = []
+    for i, (train_deg, pos) in enumerate(itertools.product(["realesrgan", "bicubic"], ["none", "last"])):
+        psnr = {f"test/Set5/{d}/psnr": 20.0 + i + 0.1 * j for j, d in enumerate(["clean", "noise", "jpeg"])}
+        rows.append({"run_id": f"r{i}", "run_dir": str(tmp_path / f"r{i}"), "state": "finished",
+                     "swept.degradation": train_deg, "swept.dropout.position": pos, **psnr})
+    runs = pd.DataFrame(rows)
+    stats = ablation_stats(runs)
+    assert set(stats["degradation"]) == {"realesrgan", "bicubic"}
+    assert set(stats["test_degradation"]) == {"clean", "noise", "jpeg"}
+    row = stats[(stats["degradation"] == "bicubic") & (stats["dropout.position"] == "last")
+                & (stats["test_degradation"] == "jpeg")].iloc[0]
+    assert row["mean"] == pytest.approx(23.2) and row["delta"] == pytest.approx(1.0)
+    table = formatted_table(stats)
+    assert list(table.index) == [("realesrgan", "none"), ("realesrgan", "last"), ("bicubic", "none"),
+                                 ("bicubic", "last")]
+    assert table.loc[("realesrgan", "none"), ("Set5", "noise")] == "20.10"
+    md = write_tables(runs, tmp_path / "tables", "train degradation", per_image=pd.DataFrame(
+        columns=["run_id", "set", "image", "degradation", "psnr"]))
+    lines = [ln for ln in md.splitlines() if ln.startswith("| realesrgan") or ln.startswith("| bicubic")]
+    assert len(lines) == 4 and "20.20" in lines[0]
+    assert (tmp_path / "tables" / "figures" / "bars.png").exists()
