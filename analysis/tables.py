@@ -58,7 +58,7 @@ def format_cell(row, bold: str = "**{}**") -> str:
 
 
 def formatted_table(stats: pd.DataFrame, bold: str = "**{}**") -> pd.DataFrame:
-    """Rows = settings (in launch order), columns = (set, degradation), cells = format_cell."""
+    """Rows = settings (in launch order), columns = (test set, test degradation), cells = format_cell."""
     keys = [c for c in stats.columns if c not in STAT_COLUMNS]
     cells = stats.assign(cell=[format_cell(r, bold) for r in stats.to_dict("records")])
     present = cells.dropna(subset=[TEST_SET])
