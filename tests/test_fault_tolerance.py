@@ -11,6 +11,7 @@ import time
 import pytest
 import torch
 
+from hydra_plugins.sr_sweeper.launchers import final_state
 from sweeper.jobstate import job_labels, job_state, write_json
 from sweeper.status import main as status_main
 from tests.conftest import ROOT, TINY, run_sweeper
@@ -229,3 +230,24 @@ def test_the_early_started_wandb_service_is_the_jobs_own():
     assert out.returncode == 0, out.stderr[-2000:]
     service_pid, pid = out.stdout.split()
     assert service_pid == pid
+
+
+class AccountingLag:
+    """A SLURM job whose sacct record says RUNNING for a few calls after its process ended,
+    while submitit's cached ``state`` never moves on."""
+
+    def __init__(self, lag_calls: int):
+        self.calls, self.lag_calls = 0, lag_calls
+        self.state = "RUNNING"
+
+    def get_info(self, mode: str = "force") -> dict:
+        assert mode == "force"
+        self.calls += 1
+        return {"State": "RUNNING" if self.calls <= self.lag_calls else "CANCELLED by 0"}
+
+
+def test_a_failed_slurm_job_is_reported_with_its_final_state():
+    job = AccountingLag(lag_calls=3)
+    assert final_state(job, wait_s=10, poll_s=0) == "CANCELLED by 0" and job.calls == 4
+    # accounting that never catches up: the last state seen, after the wait
+    assert final_state(AccountingLag(lag_calls=10**9), wait_s=0.05, poll_s=0.01) == "RUNNING"

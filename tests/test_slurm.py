@@ -69,8 +69,10 @@ def test_job_array_with_a_requeued_and_a_cancelled_job(tmp_path):
             assert time.monotonic() < deadline, "the preempted job was never restarted"
             if json.loads((jobs["0.1"] / "status.json").read_text())["state"] == "interrupted":
                 signaller.kill()  # or its retries would signal the restarted job too
+                signaller.wait()
             state, reason = squeue_state(preempted)
-            if state == "PENDING" and reason == "BeginTime":
+            # released only once the signaller is gone: the job may requeue between the two reads
+            if state == "PENDING" and reason == "BeginTime" and signaller.poll() is not None:
                 subprocess.run(["scontrol", "update", f"JobId={preempted}", "StartTime=now"], check=False)
             time.sleep(0.5)
 
@@ -85,7 +87,7 @@ def test_job_array_with_a_requeued_and_a_cancelled_job(tmp_path):
             signaller.kill()
     assert proc.returncode == 1, out[-3000:]
     assert "error: 1 of 4 jobs failed (3 done)" in out
-    assert "job [dropout.p=0.4]" in out and "CANCELLED" in out
+    assert "job [dropout.p=0.4]" in out and "CANCELLED" in out, out[-3000:]
     done = results(sweep)
     assert sorted(r["config"]["dropout"]["p"] for r in done.values()) == [0.1, 0.2, 0.3]
     status = json.loads((jobs["0.4"] / "status.json").read_text())

@@ -40,7 +40,7 @@ def collect(job, overrides: Sequence[str]) -> JobReturn:
         return job.results()[0]
     except Exception as e:  # submitit's FailedJobError / UncompletedJobError
         try:
-            state = job.state  # SLURM: from sacct, e.g. "CANCELLED by 0", "TIMEOUT", "OUT_OF_MEMORY"
+            state = final_state(job)  # e.g. "CANCELLED by 0", "TIMEOUT", "OUT_OF_MEMORY"
         except Exception:  # noqa: BLE001 - the state is only a detail of the message
             state = "UNKNOWN"
         detail = " ".join(str(e).split())
@@ -272,6 +272,18 @@ class SlurmLauncher(BaseSubmititLauncher):
 # sacct states of a job that is not over (a requeued job passes through several of them)
 NOT_OVER = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "COMPLETING", "CONFIGURING",
             "RESIZING", "SUSPENDED", "PREEMPTED", "SIGNALING", "STAGE_OUT", "UNKNOWN", "READY"}
+
+
+def final_state(job, wait_s: float = 30.0, poll_s: float = 1.0) -> str:
+    """The job's state from a fresh sacct call. ``job.state`` can be a minute old (submitit
+    caches sacct), and accounting records a job's end a moment after its process is gone:
+    poll until the state is final, for at most ``wait_s``."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        state = job.get_info(mode="force").get("State") or "UNKNOWN"
+        if state.split()[0].upper() not in NOT_OVER or time.monotonic() > deadline:
+            return state
+        time.sleep(poll_s)
 
 
 def wait_for_result(task, poll_s: float = 5.0, patience_s: float = 600.0):
