@@ -246,8 +246,17 @@ class AccountingLag:
         return {"State": "RUNNING" if self.calls <= self.lag_calls else "CANCELLED by 0"}
 
 
+class NoRecord(AccountingLag):
+    def get_info(self, mode: str = "force") -> dict:
+        self.calls += 1
+        return {}
+
+
 def test_a_failed_slurm_job_is_reported_with_its_final_state():
     job = AccountingLag(lag_calls=3)
     assert final_state(job, wait_s=10, poll_s=0) == "CANCELLED by 0" and job.calls == 4
     # accounting that never catches up: the last state seen, after the wait
     assert final_state(AccountingLag(lag_calls=10**9), wait_s=0.05, poll_s=0.01) == "RUNNING"
+    # no record at all: nothing to wait for
+    job = NoRecord(lag_calls=0)
+    assert final_state(job, wait_s=10, poll_s=0) == "UNKNOWN" and job.calls == 1

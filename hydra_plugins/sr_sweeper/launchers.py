@@ -277,11 +277,12 @@ NOT_OVER = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CO
 def final_state(job, wait_s: float = 30.0, poll_s: float = 1.0) -> str:
     """The job's state from a fresh sacct call. ``job.state`` can be a minute old (submitit
     caches sacct), and accounting records a job's end a moment after its process is gone:
-    poll until the state is final, for at most ``wait_s``."""
+    poll until the state is final, for at most ``wait_s``. UNKNOWN (no record: accounting lost
+    the job, which ``wait_for_result`` has already waited out) is returned at once."""
     deadline = time.monotonic() + wait_s
     while True:
         state = job.get_info(mode="force").get("State") or "UNKNOWN"
-        if state.split()[0].upper() not in NOT_OVER or time.monotonic() > deadline:
+        if state.split()[0].upper() not in NOT_OVER - {"UNKNOWN"} or time.monotonic() > deadline:
             return state
         time.sleep(poll_s)
 
