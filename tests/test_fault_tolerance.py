@@ -232,31 +232,26 @@ def test_the_early_started_wandb_service_is_the_jobs_own():
     assert service_pid == pid
 
 
-class AccountingLag:
-    """A SLURM job whose sacct record says RUNNING for a few calls after its process ended,
+class SacctAnswers:
+    """A SLURM job whose fresh sacct answers are ``answers`` in turn (the last one repeats),
     while submitit's cached ``state`` never moves on."""
 
-    def __init__(self, lag_calls: int):
-        self.calls, self.lag_calls = 0, lag_calls
+    def __init__(self, *answers: dict):
+        self.answers, self.calls = answers, 0
         self.state = "RUNNING"
 
     def get_info(self, mode: str = "force") -> dict:
         assert mode == "force"
         self.calls += 1
-        return {"State": "RUNNING" if self.calls <= self.lag_calls else "CANCELLED by 0"}
-
-
-class NoRecord(AccountingLag):
-    def get_info(self, mode: str = "force") -> dict:
-        self.calls += 1
-        return {}
+        return self.answers[min(self.calls, len(self.answers)) - 1]
 
 
 def test_a_failed_slurm_job_is_reported_with_its_final_state():
-    job = AccountingLag(lag_calls=3)
+    running, cancelled = {"State": "RUNNING"}, {"State": "CANCELLED by 0"}
+    job = SacctAnswers(running, running, running, cancelled)  # accounting lags 3 calls behind
     assert final_state(job, wait_s=10, poll_s=0) == "CANCELLED by 0" and job.calls == 4
     # accounting that never catches up: the last state seen, after the wait
-    assert final_state(AccountingLag(lag_calls=10**9), wait_s=0.05, poll_s=0.01) == "RUNNING"
+    assert final_state(SacctAnswers(running), wait_s=0.05, poll_s=0.01) == "RUNNING"
     # no record at all: nothing to wait for
-    job = NoRecord(lag_calls=0)
+    job = SacctAnswers({})
     assert final_state(job, wait_s=10, poll_s=0) == "UNKNOWN" and job.calls == 1
