@@ -17,7 +17,7 @@ from hydra import compose, initialize_config_dir
 import sweeper.naming  # noqa: F401  (registers the resolvers the config uses)
 from srcore.atomic import atomic_write
 from srcore.data import load_images
-from srcore.evaluate import evaluate
+from srcore.evaluate import METRICS, evaluate
 from srcore.models.interpolation import BicubicInterpolation
 from sweeper.app import CONF_DIR
 from sweeper.preflight import validate_config
@@ -27,10 +27,10 @@ def interpolation_table(cfg) -> pd.DataFrame:
     """Per test set x degradation means of psnr, psnr_y and ssim_y for bicubic interpolation."""
     test_sets = {name: load_images(spec, "test", cfg.eval.max_images) for name, spec in cfg.data.test_sets.items()}
     degradations = list(cfg.eval.degradations)
-    rows, _ = evaluate(BicubicInterpolation(cfg.scale), test_sets, degradations, cfg.scale,
-                       cfg.eval.crop_border, cfg.eval.noise_seed)
-    table = pd.DataFrame(rows).groupby(["set", "degradation"], sort=False)[["psnr", "psnr_y", "ssim_y"]].mean()
-    return table.reset_index()
+    _, means = evaluate(BicubicInterpolation(cfg.scale), test_sets, degradations, cfg.scale,
+                        cfg.eval.crop_border, cfg.eval.noise_seed)
+    return pd.DataFrame([{"set": s, "degradation": d, **{m: means[f"{s}/{d}/{m}"] for m in METRICS}}
+                         for s in test_sets for d in degradations])
 
 
 def main(argv: list[str] | None = None) -> Path:
