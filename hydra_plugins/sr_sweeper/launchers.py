@@ -274,6 +274,11 @@ NOT_OVER = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CO
             "RESIZING", "SUSPENDED", "PREEMPTED", "SIGNALING", "STAGE_OUT", "UNKNOWN", "READY"}
 
 
+def state_word(state) -> str:
+    """The state itself out of a sacct State, e.g. "CANCELLED" out of "CANCELLED by 0"."""
+    return str(state).split()[0].upper()
+
+
 def final_state(job, wait_s: float = 30.0, poll_s: float = 1.0) -> str:
     """The job's state from a fresh sacct call. ``job.state`` can be a minute old (submitit
     caches sacct), and accounting records a job's end a moment after its process is gone:
@@ -282,7 +287,7 @@ def final_state(job, wait_s: float = 30.0, poll_s: float = 1.0) -> str:
     deadline = time.monotonic() + wait_s
     while True:
         state = job.get_info(mode="force").get("State") or "UNKNOWN"
-        if state.split()[0].upper() not in NOT_OVER - {"UNKNOWN"} or time.monotonic() > deadline:
+        if state_word(state) not in NOT_OVER - {"UNKNOWN"} or time.monotonic() > deadline:
             return state
         time.sleep(poll_s)
 
@@ -298,7 +303,7 @@ def wait_for_result(task, poll_s: float = 5.0, patience_s: float = 600.0):
         try:
             return task.results()[0]
         except submitit.core.utils.UncompletedJobError:
-            state = str(task.state).split()[0].upper()
+            state = state_word(task.state)
             if state not in NOT_OVER:
                 raise
             # UNKNOWN can also mean accounting lost the job: do not wait for ever
