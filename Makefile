@@ -4,6 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 SWEEP ?=
+OUTPUT_ROOT = $(or $(SR_OUTPUT_ROOT),outputs)
 export WANDB_ERROR_REPORTING ?= false
 export WANDB_SILENT ?= true
 
@@ -20,9 +21,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 # A real mini-study on the built-in photographs: 9 dropout positions, ~1 min each on 2 CPU cores.
 demo: setup
-	$(PY) -m sweeper -m train=demo dropout.p=0.7 \
+	$(PY) -m sweeper -m preset=demo dropout.p=0.7 \
 	  dropout.position=none,first,b2,middle,up1,hr,last,half,all
-	$(PY) -m analysis.tables outputs/sweeps/dropout.p=0.7__dropout.position=none,first,b2,middle,up1,hr,last,half,all__train=demo
+	$(PY) -m analysis.tables $(OUTPUT_ROOT)/sweeps/dropout.p=0.7__dropout.position=none,first,b2,middle,up1,hr,last,half,all__preset=demo
 
 test: setup
 	$(PY) -m pytest -m "not slow" -q
@@ -35,7 +36,7 @@ test-all: setup
 
 # Tables of every sweep under outputs/ (or of one: make tables SWEEP=outputs/sweeps/<name>).
 tables: setup
-	$(PY) -m analysis.tables $(if $(SWEEP),$(SWEEP),$(or $(SR_OUTPUT_ROOT),outputs)/sweeps)
+	$(PY) -m analysis.tables $(if $(SWEEP),$(SWEEP),$(OUTPUT_ROOT)/sweeps)
 
 # Degradation throughput vs a per-image reference, and a training iteration vs the bare step.
 bench: setup

@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 
 from analysis.stats import AVERAGE, STAT_COLUMNS, TEST_DEGRADATION, TEST_SET
-from srcore.eval_degradations import TEST_DEGRADATIONS
+from srcore.evaluation import TEST_DEGRADATIONS
 
 
 def pyplot():

@@ -26,27 +26,28 @@ import numpy as np
 from analysis.figures import pyplot, save_figure
 from srcore.atomic import atomic_write
 from srcore.data import load_images
-from srcore.eval_degradations import TEST_DEGRADATIONS
+from srcore.evaluation import TEST_DEGRADATIONS
 from srcore.interpretation import interpret_model, layer_names
-from srcore.models import build_model
+from srcore.models import BACKBONES, build_model
+from srcore.models.checkpoint import load_model as load_model_file
 from srcore.models.checkpoint import load_weights
 
 RESULT = "interpretation.json"
 
 
 def load_model(target: Path, backbone: str | None, num_feat: int | None, num_block: int | None):
-    """(model, config or None) from a job folder (model.pt + .hydra/config.yaml) or a weights file
-    (this project's, or BasicSR/official with params / params_ema), loaded with weights_only."""
+    """(model, config or None) from a job folder (model.pt, which carries its build arguments,
+    + .hydra/config.yaml) or a weights file (this project's, or BasicSR/official with params /
+    params_ema: then ``backbone`` and its sizes are needed), loaded with weights_only."""
     if target.is_dir():
         from omegaconf import OmegaConf
-
-        from sweeper.job import model_from_config
         cfg = OmegaConf.load(target / ".hydra" / "config.yaml")
-        model = model_from_config(cfg)
-        load_weights(model, target / "model.pt")
-        return model, cfg
+        return load_model_file(target / "model.pt"), cfg
     if not backbone:
-        raise SystemExit("error: a weights file needs --backbone (srresnet | rrdb) and its --num-feat/--num-block")
+        try:
+            return load_model_file(target), None
+        except ValueError as e:
+            raise SystemExit(f"error: {e}") from None
     kwargs = {k: v for k, v in (("num_feat", num_feat), ("num_block", num_block)) if v}
     model = build_model(backbone, upscale=4, **kwargs)
     load_weights(model, target)
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layer", default="last", help="layer for ablation and DDR: first, b<k>, hr, last")
     ap.add_argument("--embed", default="tsne", choices=["tsne", "pca"])
     ap.add_argument("--degradations", default=",".join(TEST_DEGRADATIONS))
-    ap.add_argument("--backbone", choices=["srresnet", "rrdb"])
+    ap.add_argument("--backbone", choices=sorted(BACKBONES))
     ap.add_argument("--num-feat", type=int)
     ap.add_argument("--num-block", type=int)
     ap.add_argument("--out", type=Path, help="output folder (default: <job>/interpret)")

@@ -27,15 +27,28 @@ def parse_tags(tags: list[str]) -> dict[str, str]:
 
 
 def _job_overrides(job_dir: Path) -> list[str]:
-    """The job's overrides from its Hydra folder (for runs whose wandb record never got
-    written: a job killed early leaves a .wandb file with no run record)."""
+    """The job's overrides from what the sweep wrote (for runs whose wandb record never got
+    written: a job killed early leaves a .wandb file with no run record): the sweep's
+    ``jobs.json``, else the job's ``status.json``, else Hydra's ``.hydra/overrides.yaml``."""
+    manifest = _read_json(job_dir.parent / "jobs.json") or {}
+    for job in manifest.get("jobs", []):
+        if job.get("name") == job_dir.name:
+            return list(job.get("overrides", []))
+    status = _read_json(job_dir / "status.json") or {}
+    if status.get("overrides"):
+        return list(status["overrides"])
     path = job_dir / ".hydra" / "overrides.yaml"
     if not path.exists():
         return []
-    from omegaconf import OmegaConf
+    import yaml
+    return sorted(o for o in yaml.safe_load(path.read_text()) or [] if "=" in o)
 
-    from sweeper.naming import result_overrides
-    return result_overrides(OmegaConf.load(path))
+
+def _read_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def runs_frame(root: str | Path) -> pd.DataFrame:

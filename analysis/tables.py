@@ -16,7 +16,7 @@ import pandas as pd
 from analysis.figures import write_figures
 from analysis.runs import per_image_frame, runs_frame
 from analysis.stats import AVERAGE, STAT_COLUMNS, TEST_DEGRADATION, TEST_SET, ablation_stats
-from srcore.eval_degradations import TEST_DEGRADATIONS
+from srcore.evaluation import TEST_DEGRADATIONS
 
 
 def ablation_table(runs: pd.DataFrame, metric: str = "psnr") -> pd.DataFrame:

@@ -5,7 +5,7 @@
     python benchmarks/bench_degradation.py --part a --profile   # (a) only, plus cProfile / torch.profiler hotspots
     python benchmarks/bench_degradation.py --device cuda --amp --channels-last --model rrdb
 
-(a) images/s of ``srcore.realesrgan.RealESRGANDegradation`` on batches of 16 GT crops (400x400,
+(a) images/s of ``srcore.degrade.realesrgan.RealESRGANDegradation`` on batches of 16 GT crops (400x400,
     from real photographs) against the per-image NumPy/OpenCV pipeline of
     ``benchmarks/reference_pipeline.py`` on the same crops; ratio batched / per-image (target >= 3).
     Ours, as the training job runs it: the USM sharpening of the ground truth is done once per
@@ -53,6 +53,7 @@ from benchmarks.reference_pipeline import ReferenceRealESRGAN  # noqa: E402
 from srcore.data import KeyRange, TrainPatches, builtin_images, load_images  # noqa: E402
 from srcore.models import build_model  # noqa: E402
 from srcore.schedule import CosineAnnealingRestartLR, ema_update  # noqa: E402
+from tests.degrade_params import paper_realesrgan_params  # noqa: E402
 
 SUNHAYS = ROOT.parent / "shared" / "data" / "SunHays80"
 TARGET_SPEEDUP = 3.0
@@ -139,10 +140,15 @@ def spread(values) -> str:
 
 def load_batched_class():
     try:
-        from srcore.realesrgan import RealESRGANDegradation
+        from srcore.degrade.realesrgan import RealESRGANDegradation
     except Exception as exc:  # noqa: BLE001 - report why, then carry on with what can run
         return None, f"{type(exc).__name__}: {exc}"
     return RealESRGANDegradation, None
+
+
+def paper_pipeline(batched_cls, args, **overrides):
+    """The batched pipeline with the paper's parameters (conf/degradation/realesrgan.yaml)."""
+    return batched_cls(**{**paper_realesrgan_params(), "scale": args.scale, "gt_patch": args.gt_patch, **overrides})
 
 
 def make_gt_batches(images, crop: int, batch: int, count: int, seed: int) -> list[torch.Tensor]:
@@ -168,13 +174,13 @@ def bench_degradation(args, device, images, batched_cls) -> dict:
     checks, prep = {}, None
     if batched_cls is not None:
         # as the job: USM once per whole training image at load, then per-batch degradation
-        batched = batched_cls(scale=args.scale, gt_patch=args.gt_patch, usm=True, usm_on_load=True)
+        batched = paper_pipeline(batched_cls, args, usm=True, usm_on_load=True)
         t0 = time.perf_counter()
         prepared = batched.prepare_images(images)
         prep = (time.perf_counter() - t0, len(images), sum(im.shape[0] * im.shape[1] for _, im in images) / 1e6)
         pre_torch = [b.to(device).float().div_(255)
                      for b in make_gt_batches(prepared, args.gt_crop, args.batch, n, args.seed)]
-        per_batch_usm = batched_cls(scale=args.scale, gt_patch=args.gt_patch, usm=True, usm_on_load=False)
+        per_batch_usm = paper_pipeline(batched_cls, args, usm=True, usm_on_load=False)
         gen = torch.Generator(device=device)
         gen.manual_seed(args.seed)
         gen2 = torch.Generator(device=device)
@@ -212,7 +218,7 @@ def profile_batched(batched, batches, gen, device) -> None:
     prof.disable()
     out = io.StringIO()
     stats = pstats.Stats(prof, stream=out).strip_dirs()
-    stats.sort_stats("cumulative").print_stats(r"realesrgan|kernels|jpeg|degradations", 25)
+    stats.sort_stats("cumulative").print_stats(r"srcore/degrade|imageio", 25)
     stats.sort_stats("tottime").print_stats(15)
     print(f"\n    cProfile, batched pipeline, {len(batches)} batches:")
     print("\n".join(line for line in out.getvalue().splitlines() if line.strip()))
@@ -268,11 +274,9 @@ def report_degradation(res, args) -> None:
 # (b) training iteration vs bare model step
 # --------------------------------------------------------------------------------------------
 def build_backbone(name: str):
-    if name == "srresnet":
-        return build_model("srresnet", num_feat=64, num_block=16, upscale=4, dropout_position="last",
-                           dropout_p=0.7)
-    return build_model("rrdb", num_feat=64, num_block=23, num_grow_ch=32, upscale=4, dropout_position="last",
-                       dropout_p=0.5)
+    """The paper's networks with their last-conv dropout (p 0.7 SRResNet, 0.5 RRDB)."""
+    p = 0.7 if name == "srresnet" else 0.5
+    return build_model(name, upscale=4, regularizers=[{"name": "dropout", "position": "last", "p": p, "kind": "channel"}])
 
 
 def bench_train_step(args, device, images, batched_cls) -> dict:
@@ -302,7 +306,7 @@ def bench_train_step(args, device, images, batched_cls) -> dict:
         return loss
 
     # as the job (sweeper/job.py): USM once per whole training image, then per-batch degradation
-    degrade = batched_cls(scale=args.scale, gt_patch=args.gt_patch, usm=True, usm_on_load=True)
+    degrade = paper_pipeline(batched_cls, args, usm=True, usm_on_load=True)
     gen = torch.Generator(device=device)
     gen.manual_seed(args.seed)
     patches = TrainPatches(degrade.prepare_images(images), args.gt_crop, args.seed, hflip=True)
@@ -389,7 +393,7 @@ def main(argv=None) -> int:
           f"device {device}{gpu}")
     print(f"photographs: {spec} ({len(images)} images >= {args.gt_crop} px)")
     if batched_cls is None:
-        print(f"srcore.realesrgan.RealESRGANDegradation is unavailable ({why}): only the reference is timed")
+        print(f"srcore.degrade.realesrgan.RealESRGANDegradation is unavailable ({why}): only the reference is timed")
 
     if args.part in ("a", "all"):
         res = bench_degradation(args, device, images, batched_cls)

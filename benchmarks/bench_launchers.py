@@ -3,7 +3,7 @@
     python benchmarks/bench_launchers.py                 # local, local_parallel, slurm (if a cluster answers)
     python benchmarks/bench_launchers.py --launchers local local_parallel
 
-Each launcher runs the same 9-job grid (`train=smoke`, 9 dropout positions) into a fresh
+Each launcher runs the same 9-job grid (`preset=smoke`, 9 dropout positions) into a fresh
 output folder, as a user types it (`python -m sweeper -m ...` in a subprocess). Printed per
 launcher: wall time of the whole command, the sum of the jobs' training time and of their
 evaluation time (each job measures its own, in results.json), and the per-job overhead:
@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-GRID = ["train=smoke", "dropout.p=0.7", "dropout.position=none,first,b2,middle,up1,hr,last,half,all"]
+GRID = ["preset=smoke", "dropout.p=0.7", "dropout.position=none,first,b2,middle,up1,hr,last,half,all"]
 CPUS = os.cpu_count() or 1
 LAUNCHERS = {
     "local": ([], 1),

@@ -1,6 +1,6 @@
 """A plain per-image NumPy / OpenCV implementation of the Real-ESRGAN two-stage degradation.
 
-This is the speed baseline for ``srcore.realesrgan.RealESRGANDegradation``: what one writes
+This is the speed baseline for ``srcore.degrade.realesrgan.RealESRGANDegradation``: what one writes
 without batching (one image at a time, as the original per-image BasicSR / BSRGAN degradation
 scripts do), with every random draw from a ``numpy.random.Generator``. It follows the same
 parameter distributions as the paper's training setting (``/work/shared/PAPER.md``, "Training")

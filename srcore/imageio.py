@@ -1,4 +1,6 @@
-"""Image file I/O for the evaluation pipeline: uint8 RGB arrays in and out.
+"""Image file I/O for the evaluation pipeline: uint8 RGB arrays in and out; and the
+in-memory JPEG round trip (:func:`jpeg_roundtrip`) that every real-codec JPEG step of the
+project (the test protocol, the training degradations on CPU) goes through.
 
 Every image in the project is an ``HxWx3`` ``uint8`` RGB array. Reading is
 done with Pillow (not OpenCV) so the channel order is RGB from the start.
@@ -23,6 +25,7 @@ module does not touch.
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -115,3 +118,18 @@ def list_images(folder: str | os.PathLike) -> list[Path]:
     if not files:
         raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in folder {d}")
     return files
+
+
+def jpeg_roundtrip(img: np.ndarray, quality: int) -> np.ndarray:
+    """An ``HxWx3`` ``uint8`` RGB array encoded as JPEG and decoded back, in memory.
+
+    Pillow's codec (libjpeg-turbo) at ``quality``, every other option at Pillow's defaults
+    (4:2:0 chroma subsampling, the IJG quantisation tables scaled by ``quality``, baseline).
+    OpenCV's ``imencode`` / ``imdecode`` decode to the same pixels for these settings (checked
+    on the benchmark photographs at qualities 1..100), so this is *the* JPEG of the project.
+    """
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=int(quality))
+    buf.seek(0)
+    with Image.open(buf) as im:
+        return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()

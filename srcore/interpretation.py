@@ -1,26 +1,28 @@
 """The paper's interpretation tools (PAPER.md "Interpretation tools"), for any model built by
 ``srcore.models``: channel saliency maps, channel ablation, deep degradation representations.
 
-Layers are named by the dropout sites both backbones share (``srcore.dropout``), which sit
-exactly where the paper looks: ``first`` (the head), ``b1`` ... ``bN`` (after each body
-block), ``hr`` (before conv_hr) and ``last`` (before conv_last). The models are evaluated in
-eval mode, where every site is the identity, so tapping a site changes nothing.
+Layers are named by the regulariser sites every backbone shares (``srcore.regularizers.sites``),
+which sit exactly where the paper looks: ``first`` (the head), ``b1`` ... ``bN`` (after each
+body block), ``hr`` (before conv_hr) and ``last`` (before conv_last). The models are evaluated
+in eval mode, where every site is the identity, so tapping a site changes nothing.
 """
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from srcore.metrics import psnr_from_mse
+
 # -- taps ------------------------------------------------------------------------------------
 
 
 def layer_names(model: nn.Module) -> list[str]:
-    """The tappable layers, in forward order: first, b1..bN, hr, last."""
-    blocks = [k for k in model.sites if k.startswith("b") and k[1:].isdigit()]
-    return ["first", *sorted(blocks, key=lambda k: int(k[1:])), "hr", "last"]
+    """The paper's layers, in forward order: first, b1..bN, hr, last."""
+    return [n for n in model.site_modules() if n in ("first", "hr", "last") or re.fullmatch(r"b\d+", n)]
 
 
 class Taps:
@@ -29,10 +31,11 @@ class Taps:
     def __init__(self, model: nn.Module, layers: Iterable[str], edit=None):
         self.features: dict[str, torch.Tensor] = {}
         self.handles = []
+        sites = model.site_modules()
         for name in layers:
-            if name not in model.sites:
+            if name not in sites:
                 raise KeyError(f"layer {name!r} is unknown; allowed: {', '.join(layer_names(model))}")
-            self.handles.append(model.sites[name].register_forward_hook(self._hook(name, edit)))
+            self.handles.append(sites[name].register_forward_hook(self._hook(name, edit)))
 
     def _hook(self, name, edit):
         def hook(module, inputs, output):
@@ -119,12 +122,14 @@ def ablate_channel(features: torch.Tensor, channel: int) -> torch.Tensor:
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor, border: int = 4) -> float:
+    """PSNR of two [0, 1] image batches on 8-bit levels, by ``srcore.metrics``' formula. The
+    squared error is averaged by torch in the tensors' dtype (no uint8 arrays per ablated
+    channel), as the ablation always has."""
     a = (a.clamp(0, 1) * 255).round()
     b = (b.clamp(0, 1) * 255).round()
     if border:
         a, b = a[..., border:-border, border:-border], b[..., border:-border, border:-border]
-    mse = ((a - b) ** 2).mean().item()
-    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+    return psnr_from_mse(((a - b) ** 2).mean().item())
 
 
 @torch.no_grad()
@@ -196,7 +201,7 @@ def interpret_model(model: nn.Module, images: list, layer: str = "last", embed: 
     """Everything for one model on test images [(name, HxWx3 uint8)]: per-layer CSM and its
     evenness, channel ablation at ``layer``, and the degradation clusters' CHI at ``layer``.
     Returns (result dict, 2-D embedding, cluster labels)."""
-    from srcore.eval_degradations import TEST_DEGRADATIONS, make_test_lr, mod_crop
+    from srcore.evaluation.paper import TEST_DEGRADATIONS, make_test_lr, mod_crop
 
     degradations = list(degradations or TEST_DEGRADATIONS)
     dtype = next(model.parameters()).dtype

@@ -70,7 +70,13 @@ def psnr(img: np.ndarray, ref: np.ndarray, crop_border: int, test_y: bool = Fals
     Returns ``inf`` for identical images (after cropping).
     """
     a, b = _prepare(img, ref, crop_border, test_y, "psnr")
-    mse = float(np.mean((a - b) ** 2))
+    return psnr_from_mse(float(np.mean((a - b) ** 2)))
+
+
+def psnr_from_mse(mse: float) -> float:
+    """The PSNR formula (peak 255) for a mean squared error on 8-bit levels: ``inf`` for 0.
+
+    Shared with ``srcore.interpretation``, which averages the error of float tensors itself."""
     if mse == 0.0:
         return float("inf")
     return 10.0 * math.log10(255.0 * 255.0 / mse)

@@ -1,9 +1,12 @@
-"""The training loop: L1, Adam, cosine annealing with restarts, EMA of weights.
+"""The training loop: L1 plus the regularisers' terms, Adam, cosine annealing with restarts,
+EMA of weights.
 
-Plain Python, no framework: a job builds the model, the patch dataset and the
-degradation, then calls ``train``. A checkpoint holds everything needed to continue
-bit-identically (on CPU): model, EMA, optimizer, scheduler, iteration and the RNG
-states; ``train`` resumes from it when it exists.
+Plain Python, no framework: a job builds the model (with its regularisers, see
+``srcore.models.build_model``), the patch dataset and the degradation, then calls ``train``.
+A checkpoint holds everything needed to continue bit-identically (on CPU): model, EMA,
+optimizer, scheduler, iteration and the RNG states; ``train`` resumes from it when it exists.
+Regularisers add nothing to it: their state is a function of the iteration, set before every
+forward pass (``Regularizer.set_iteration``).
 """
 from __future__ import annotations
 
@@ -12,7 +15,7 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,9 +26,12 @@ from torch.utils.data import DataLoader
 
 from srcore.atomic import atomic_write
 from srcore.data import KeyRange, TrainPatches
+from srcore.regularizers import Regularizer
 from srcore.schedule import CosineAnnealingRestartLR, ema_update
 
 log = logging.getLogger(__name__)
+
+Degrade = Callable[[torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 
 
 class Interrupted(Exception):
@@ -39,21 +45,23 @@ class Interrupted(Exception):
 
 @dataclass
 class TrainSettings:
+    """No defaults: the job config (``conf/``) states every value, once."""
+
     iterations: int
     batch_size: int
-    lr: float = 2e-4
-    betas: tuple[float, float] = (0.9, 0.99)
-    weight_decay: float = 0.0
-    periods: tuple[int, ...] = (250_000, 250_000)
-    restart_weights: tuple[float, ...] = (1.0, 1.0)
-    eta_min: float = 1e-7
-    ema_decay: float = 0.999
-    seed: int = 0
-    log_every: int = 100
-    val_every: int = 5000
-    ckpt_every: int = 5000
-    num_workers: int = 0
-    device: str = "cpu"
+    lr: float
+    betas: tuple[float, float]
+    weight_decay: float
+    periods: tuple[int, ...]
+    restart_weights: tuple[float, ...]
+    eta_min: float
+    ema_decay: float
+    seed: int
+    log_every: int
+    val_every: int
+    ckpt_every: int
+    num_workers: int
+    device: str
 
 
 def resolve_device(name: str) -> torch.device:
@@ -84,10 +92,94 @@ def _restore_rng_states(states: dict, gen: torch.Generator) -> None:
     gen.set_state(states["degradation"])
 
 
+class TrainingState:
+    """Model, EMA, optimizer, scheduler and the degradation's generator: what a checkpoint holds."""
+
+    def __init__(self, model: torch.nn.Module, cfg: TrainSettings, gen: torch.Generator):
+        self.model, self.gen = model, gen
+        self.ema = copy.deepcopy(model).eval().requires_grad_(False)
+        self.opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
+                                    weight_decay=cfg.weight_decay)
+        self.sched = CosineAnnealingRestartLR(self.opt, cfg.periods, cfg.restart_weights, cfg.eta_min)
+
+    def resume(self, checkpoint: Path) -> int:
+        """Load the checkpoint if there is one; the iteration it was taken at (0 if none)."""
+        if not Path(checkpoint).exists():
+            return 0
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        self.model.load_state_dict(state["model"])
+        self.ema.load_state_dict(state["ema"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        _restore_rng_states(state["rng"], self.gen)
+        log.info("resumed from %s at iteration %d", checkpoint, state["iteration"])
+        return state["iteration"]
+
+    def save(self, checkpoint: Path, iteration: int) -> None:
+        state = {"iteration": iteration, "model": self.model.state_dict(), "ema": self.ema.state_dict(),
+                 "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
+                 "rng": _rng_states(self.gen)}
+        atomic_write(checkpoint, lambda f: torch.save(state, f))
+
+
+def degraded_views(degrade: Degrade, hr: torch.Tensor, gen: torch.Generator, views: int):
+    """``(hr, lr)`` for a batch of GT patches: ``views`` independently degraded LR views of each,
+    view-major along the batch, with ``hr`` repeated to match."""
+    if views == 1:
+        return degrade(hr, gen)
+    # A degradation with gt_size crops each view at its own place; views of one GT patch need
+    # one shared crop, which the degradations do not offer yet.
+    raise NotImplementedError(f"{views} degraded views per GT patch are not supported yet")
+
+
+class SiteOutputs:
+    """Keeps the outputs of the named sites from each forward pass (for regularisers' losses)."""
+
+    def __init__(self, model: torch.nn.Module, sites: Sequence[str]):
+        self.features: dict[str, torch.Tensor] = {}
+        modules = model.site_modules() if sites else {}
+        self.handles = [modules[s].register_forward_hook(
+            lambda module, inputs, output, s=s: self.features.__setitem__(s, output)) for s in sites]
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+def regularized_loss(sr, hr, regularizers: Sequence[Regularizer], taps: SiteOutputs):
+    """L1 plus every regulariser's extra term; ``(loss, {"<name>_loss": term})``."""
+    loss = F.l1_loss(sr, hr)
+    terms = {}
+    for r in regularizers:
+        term = r.extra_loss(sr, hr, taps.features)
+        if term is not None:
+            terms[f"{r.name}_loss"] = term
+            loss = loss + term
+    return loss, terms
+
+
+def _seed(seed: int, device: torch.device) -> torch.Generator:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # dropout masks come from torch's global RNG
+    gen = torch.Generator(device=device)
+    gen.manual_seed(seed)  # the degradation's own stream
+    return gen
+
+
+def _loader(patches: TrainPatches, cfg: TrainSettings, start: int, device: torch.device) -> DataLoader:
+    return DataLoader(patches, batch_size=cfg.batch_size, sampler=KeyRange(start, cfg.iterations, cfg.batch_size),
+                      num_workers=cfg.num_workers, pin_memory=device.type == "cuda", drop_last=True,
+                      persistent_workers=False,
+                      # its own generator: creating the iterator must not consume the global RNG
+                      # that drives dropout (a resumed run would be shifted by one draw)
+                      generator=torch.Generator().manual_seed(cfg.seed))
+
+
 def train(
     model: torch.nn.Module,
     patches: TrainPatches,
-    degrade: Callable[[torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]],
+    degrade: Degrade,
     cfg: TrainSettings,
     checkpoint: Path,
     log_metrics: Callable[[dict, int], None] = lambda metrics, step: None,
@@ -95,77 +187,70 @@ def train(
     on_iteration: Callable[[int], None] = lambda iteration: None,
     should_stop: Callable[[], bool] = lambda: False,
 ) -> torch.nn.Module:
-    """Train ``model`` in place and return its EMA copy (or the model if ema_decay is 0).
+    """Train ``model`` (and its ``model.regularizers``) in place and return its EMA copy (or the
+    model if ema_decay is 0).
 
     ``should_stop`` is polled after every iteration: when it says so, the state is saved
     and ``Interrupted`` is raised, so a rerun continues exactly where this one stopped."""
     device = resolve_device(cfg.device)
-    random.seed(cfg.seed)
-    np.random.seed(cfg.seed)
-    torch.manual_seed(cfg.seed)  # dropout masks come from torch's global RNG
-    gen = torch.Generator(device=device)
-    gen.manual_seed(cfg.seed)  # the degradation's own stream
-
+    gen = _seed(cfg.seed, device)
     model.to(device)
-    ema = copy.deepcopy(model).eval().requires_grad_(False)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas), weight_decay=cfg.weight_decay)
-    sched = CosineAnnealingRestartLR(opt, cfg.periods, cfg.restart_weights, cfg.eta_min)
-
-    start = 0
-    if Path(checkpoint).exists():
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        model.load_state_dict(state["model"])
-        ema.load_state_dict(state["ema"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        _restore_rng_states(state["rng"], gen)
-        start = state["iteration"]
-        log.info("resumed from %s at iteration %d", checkpoint, start)
-
-    def save(iteration: int) -> None:
-        state = {"iteration": iteration, "model": model.state_dict(), "ema": ema.state_dict(),
-                 "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "rng": _rng_states(gen)}
-        atomic_write(checkpoint, lambda f: torch.save(state, f))
-
-    loader = DataLoader(patches, batch_size=cfg.batch_size, sampler=KeyRange(start, cfg.iterations, cfg.batch_size),
-                        num_workers=cfg.num_workers, pin_memory=device.type == "cuda", drop_last=True,
-                        persistent_workers=False,
-                        # its own generator: creating the iterator must not consume the global RNG
-                        # that drives dropout (a resumed run would be shifted by one draw)
-                        generator=torch.Generator().manual_seed(cfg.seed))
+    state = TrainingState(model, cfg, gen)
+    start = state.resume(checkpoint)
+    regularizers = tuple(getattr(model, "regularizers", ()))
+    views = max((r.views for r in regularizers), default=1)
+    taps = SiteOutputs(model, sorted({s for r in regularizers for s in r.tapped_sites}))
+    loader = _loader(patches, cfg, start, device)
     model.train()
     t0, seen = time.perf_counter(), 0
-    for iteration, hr_uint8 in enumerate(loader, start=start + 1):
-        hr = hr_uint8.to(device, non_blocking=True).float().div_(255)
-        hr, lr_img = degrade(hr, gen)
-        loss = F.l1_loss(model(lr_img), hr)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        ema_update(ema, model, cfg.ema_decay)
+    try:
+        for iteration, hr_uint8 in enumerate(loader, start=start + 1):
+            for r in regularizers:
+                r.set_iteration(iteration)
+            hr = hr_uint8.to(device, non_blocking=True).float().div_(255)
+            hr, lr_img = degraded_views(degrade, hr, gen, views)
+            loss, terms = regularized_loss(model(lr_img), hr, regularizers, taps)
+            state.opt.zero_grad(set_to_none=True)
+            loss.backward()
+            state.opt.step()
+            state.sched.step()
+            ema_update(state.ema, model, cfg.ema_decay)
 
-        loss_value = loss.item()
-        if not math.isfinite(loss_value):
-            raise FloatingPointError(f"loss is {loss_value} at iteration {iteration}")
-        seen += 1
-        if iteration % cfg.log_every == 0 or iteration == cfg.iterations:
-            elapsed = time.perf_counter() - t0
-            log_metrics({"train/loss": loss_value, "train/lr": opt.param_groups[0]["lr"],
-                         "train/iter_per_s": seen / elapsed}, iteration)
-            log.info("iter %d/%d  loss %.4f  lr %.2e  %.1f it/s", iteration, cfg.iterations, loss_value,
-                     opt.param_groups[0]["lr"], seen / elapsed)
-        if validate is not None and (iteration % cfg.val_every == 0 or iteration == cfg.iterations):
-            val = validate(ema if cfg.ema_decay > 0 else model)
-            model.train()
-            log_metrics(val, iteration)
-            log.info("iter %d  %s", iteration, "  ".join(f"{k} {v:.3f}" for k, v in val.items()))
-        saved = iteration % cfg.ckpt_every == 0 or iteration == cfg.iterations
-        if saved:
-            save(iteration)
-        on_iteration(iteration)
-        if should_stop() and iteration < cfg.iterations:
-            if not saved:
-                save(iteration)
-            raise Interrupted(iteration, Path(checkpoint))
-    return ema if cfg.ema_decay > 0 else model
+            loss_value = loss.item()
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"loss is {loss_value} at iteration {iteration}")
+            seen += 1
+            if iteration % cfg.log_every == 0 or iteration == cfg.iterations:
+                _log_progress(state, cfg, iteration, loss_value, terms, seen / (time.perf_counter() - t0),
+                              log_metrics)
+            _validate_save_stop(state, cfg, Path(checkpoint), iteration, log_metrics, validate, on_iteration,
+                                should_stop)
+    finally:
+        taps.close()
+    return state.ema if cfg.ema_decay > 0 else model
+
+
+def _log_progress(state: TrainingState, cfg: TrainSettings, iteration: int, loss_value: float, terms: dict,
+                  it_per_s: float, log_metrics) -> None:
+    lr = state.opt.param_groups[0]["lr"]
+    log_metrics({"train/loss": loss_value, **{f"train/{k}": v.item() for k, v in terms.items()},
+                 "train/lr": lr, "train/iter_per_s": it_per_s}, iteration)
+    log.info("iter %d/%d  loss %.4f  lr %.2e  %.1f it/s", iteration, cfg.iterations, loss_value, lr, it_per_s)
+
+
+def _validate_save_stop(state: TrainingState, cfg: TrainSettings, checkpoint: Path, iteration: int,
+                        log_metrics, validate, on_iteration, should_stop) -> None:
+    """What follows an optimisation step: validation, checkpoint, progress report, stop request."""
+    if validate is not None and (iteration % cfg.val_every == 0 or iteration == cfg.iterations):
+        val = validate(state.ema if cfg.ema_decay > 0 else state.model)
+        state.model.train()
+        log_metrics(val, iteration)
+        log.info("iter %d  %s", iteration, "  ".join(f"{k} {v:.3f}" for k, v in val.items()))
+    saved = iteration % cfg.ckpt_every == 0 or iteration == cfg.iterations
+    if saved:
+        state.save(checkpoint, iteration)
+    on_iteration(iteration)
+    if should_stop() and iteration < cfg.iterations:
+        if not saved:
+            state.save(checkpoint, iteration)
+        raise Interrupted(iteration, checkpoint)

@@ -9,10 +9,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 import sweeper.naming as naming
+from sweeper.compose import CONF_DIR
 from sweeper.job import run_job
 from sweeper.preflight import PreflightError
-
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")

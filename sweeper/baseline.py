@@ -12,20 +12,18 @@ import argparse
 from pathlib import Path
 
 import pandas as pd
-from hydra import compose, initialize_config_dir
 
-import sweeper.naming  # noqa: F401  (registers the resolvers the config uses)
 from srcore.atomic import atomic_write
-from srcore.data import load_images
-from srcore.evaluate import METRICS, evaluate
+from srcore.evaluation import METRICS, evaluate
 from srcore.models.interpolation import BicubicInterpolation
-from sweeper.app import CONF_DIR
+from sweeper import build
+from sweeper.compose import compose
 from sweeper.preflight import validate_config
 
 
 def interpolation_table(cfg) -> pd.DataFrame:
     """Per test set x degradation means of psnr, psnr_y and ssim_y for bicubic interpolation."""
-    test_sets = {name: load_images(spec, "test", cfg.eval.max_images) for name, spec in cfg.data.test_sets.items()}
+    test_sets = build.test_sets(cfg)
     degradations = list(cfg.eval.degradations)
     _, means = evaluate(BicubicInterpolation(cfg.scale), test_sets, degradations, cfg.scale,
                         cfg.eval.crop_border, cfg.eval.noise_seed)
@@ -40,8 +38,7 @@ def main(argv: list[str] | None = None) -> Path:
                     help="Markdown path; the CSV goes next to it (default: outputs/baseline/<test sets>.md)")
     args = ap.parse_args(argv)
 
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=args.overrides)
+    cfg = compose(args.overrides)
     validate_config(cfg)
     table = interpolation_table(cfg)
 

@@ -49,11 +49,15 @@ def where() -> dict:
 class JobStatus:
     """The job's own writer of ``status.json``; heartbeats are throttled to one per ``every_s``."""
 
-    def __init__(self, job_dir: Path, job_name: str, iterations: int, every_s: float = 2.0):
+    def __init__(self, job_dir: Path, job_name: str, iterations: int, every_s: float = 2.0,
+                 overrides: list[str] | None = None):
         self.path = Path(job_dir) / STATUS
         previous = read_json(self.path) or {}
         now = time.time()
-        self.data = {"job": job_name, "state": "running", "iterations": iterations, "iteration": 0,
+        # "overrides": what the job computes (sweeper.naming.result_overrides), for readers
+        # that must not import the sweeper (analysis/)
+        self.data = {"job": job_name, "overrides": overrides or [], "state": "running", "iterations": iterations,
+                     "iteration": 0,
                      "val_psnr": previous.get("val_psnr"),
                      "started": previous.get("started", now), "attempt_started": now,
                      "attempt": previous.get("attempt", 0) + 1, "reason": None,

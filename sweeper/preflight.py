@@ -7,13 +7,12 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 
 from srcore.data import check_image_source
-from srcore.degradations import DEGRADATIONS, check_ranges
-from srcore.dropout import validate_dropout
-from srcore.eval_degradations import TEST_DEGRADATIONS
-from srcore.models import BACKBONES
+from srcore.degrade import validate_degradation
+from srcore.evaluation import TEST_DEGRADATIONS
+from srcore.models import check_model
+from sweeper import build
 
 LOGGER_MODES = ("offline", "online", "disabled")
-SCALES = {"srresnet": (2, 3, 4), "rrdb": (1, 2, 4)}
 
 
 class PreflightError(ValueError):
@@ -36,33 +35,29 @@ def validate_config(cfg: DictConfig) -> None:
 
 
 def _validate(cfg: DictConfig) -> None:
-    name = cfg.backbone.name
-    if name not in BACKBONES:
-        raise PreflightError(f"backbone={name!r} is unknown; allowed: {', '.join(BACKBONES)}")
-    if cfg.scale not in SCALES[name]:
-        raise PreflightError(f"scale={cfg.scale!r} is not supported by {name}; allowed: {SCALES[name]}")
-    _positive_int("backbone.num_feat", cfg.backbone.num_feat)
-    _positive_int("backbone.num_block", cfg.backbone.num_block)
-    position = cfg.dropout.position
-    if OmegaConf.is_list(position):
-        position = list(position)
-    num_up = 1 if name == "srresnet" and cfg.scale in (2, 3) else 2  # upsampling stages: sites up1[, up2]
-    validate_dropout(position, cfg.dropout.p, cfg.dropout.kind, cfg.backbone.num_block, num_up)
-
-    deg = OmegaConf.to_container(cfg.degradation, resolve=True)
-    if deg["name"] not in DEGRADATIONS:
-        raise PreflightError(f"degradation={deg['name']!r} is unknown; allowed: {', '.join(DEGRADATIONS)}")
-    params = {k: v for k, v in deg.items() if k not in ("name", "gt_size")}
-    if deg["name"] == "realesrgan":
-        from srcore.realesrgan import validate_params
-        validate_params(**params)
-    else:
-        check_ranges(params)
-    gt_size = deg.get("gt_size")
+    _validate_model(cfg)
+    name, params = build.degradation_params(cfg)
+    validate_degradation(name, params)
+    gt_size = cfg.degradation.get("gt_size")
     if gt_size is not None and (not isinstance(gt_size, int) or gt_size < cfg.train.patch_size * cfg.scale):
         raise PreflightError(f"degradation.gt_size={gt_size!r} must be an integer >= the HR patch "
                              f"(train.patch_size * scale = {cfg.train.patch_size * cfg.scale})")
+    _validate_train(cfg)
+    _validate_data(cfg)
+    unknown = [d for d in cfg.eval.degradations if d not in TEST_DEGRADATIONS]
+    if unknown:
+        raise PreflightError(f"eval.degradations has unknown entries {unknown}; allowed: {', '.join(TEST_DEGRADATIONS)}")
+    if cfg.logger.mode not in LOGGER_MODES:
+        raise PreflightError(f"logger.mode={cfg.logger.mode!r} is unknown; allowed: {', '.join(LOGGER_MODES)}")
 
+
+def _validate_model(cfg: DictConfig) -> None:
+    """The backbone states what it accepts (scales, sizes) and which sites it has; each
+    regulariser checks its settings against those sites (``srcore.models.check_model``)."""
+    check_model(**build.model_args(cfg))
+
+
+def _validate_train(cfg: DictConfig) -> None:
     t = cfg.train
     for key in ("iterations", "batch_size", "patch_size", "log_every", "val_every", "ckpt_every"):
         _positive_int(f"train.{key}", t[key])
@@ -79,6 +74,8 @@ def _validate(cfg: DictConfig) -> None:
     elif device not in ("auto", "cpu"):
         raise PreflightError(f"train.device={device!r} is unknown; allowed: auto, cpu, cuda, cuda:N")
 
+
+def _validate_data(cfg: DictConfig) -> None:
     data = cfg.data
     for key, spec in [("data.train", data.train)] + [(f"data.test_sets.{k}", v) for k, v in data.test_sets.items()]:
         try:
@@ -90,9 +87,4 @@ def _validate(cfg: DictConfig) -> None:
     if data.val_set is not None and data.val_set not in data.test_sets:
         raise PreflightError(f"data.val_set={data.val_set!r} is not one of data.test_sets: {list(data.test_sets)}")
 
-    unknown = [d for d in cfg.eval.degradations if d not in TEST_DEGRADATIONS]
-    if unknown:
-        raise PreflightError(f"eval.degradations has unknown entries {unknown}; allowed: {', '.join(TEST_DEGRADATIONS)}")
-    if cfg.logger.mode not in LOGGER_MODES:
-        raise PreflightError(f"logger.mode={cfg.logger.mode!r} is unknown; allowed: {', '.join(LOGGER_MODES)}")
 

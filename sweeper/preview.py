@@ -11,13 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from hydra import compose, initialize_config_dir
 
-import sweeper.naming  # noqa: F401  (registers the resolvers the config uses)
-from srcore.data import TrainPatches, load_images
 from srcore.imageio import write_image
-from sweeper.app import CONF_DIR
-from sweeper.job import degradation_from_config, gt_crop_size, prepare_images
+from sweeper import build
+from sweeper.compose import compose
 from sweeper.preflight import validate_config
 
 
@@ -41,12 +38,10 @@ def main(argv: list[str] | None = None) -> Path:
     ap.add_argument("--out", type=Path, default=None, help="PNG path (default: outputs/preview/<degradation>.png)")
     args = ap.parse_args(argv)
 
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=args.overrides)
+    cfg = compose(args.overrides)
     validate_config(cfg)
-    degrade = degradation_from_config(cfg)
-    images = prepare_images(degrade, load_images(cfg.data.train, "train"))
-    patches = TrainPatches(images, gt_crop_size(cfg), args.seed, cfg.train.hflip)
+    degrade = build.degradation(cfg)
+    patches = build.train_patches(cfg, degrade, seed=args.seed)
     hr = torch.stack([patches[k] for k in range(args.n)]).float() / 255
     target, lr = degrade(hr, torch.Generator().manual_seed(args.seed))
 

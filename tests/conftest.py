@@ -14,7 +14,7 @@ os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
 os.environ.setdefault("WANDB_SILENT", "true")
 
 # A tiny job: seconds on a CPU. Compose with the CLI exactly as a user would.
-TINY = ["train=smoke", "train.iterations=8", "train.log_every=4", "train.val_every=8", "train.ckpt_every=4",
+TINY = ["preset=smoke", "train.iterations=8", "train.log_every=4", "train.val_every=8", "train.ckpt_every=4",
         "backbone.num_feat=8", "backbone.num_block=2", "eval.max_images=1", "data.val_max_images=1"]
 
 

@@ -1,4 +1,5 @@
-"""The dropout placement vocabulary: kinds, probabilities, positions -> sites, error messages."""
+"""The site vocabulary and the dropout regulariser: kinds, probabilities, positions -> sites,
+error messages."""
 
 import math
 
@@ -6,9 +7,21 @@ import numpy as np
 import pytest
 from torch import nn
 
-from srcore.dropout import DROPOUT_KINDS, make_dropout, resolve_sites, site_names, validate_dropout
+from srcore.regularizers import REGULARIZERS, build_regularizer
+from srcore.regularizers.dropout import DROPOUT_KINDS, Dropout, make_dropout
+from srcore.regularizers.sites import resolve_sites as resolve_in, site_names
 
 ALLOWED_16 = "none, first, b1..b16, middle, up1, up2, hr, last, all, half, quarter"
+
+
+def resolve_sites(position, num_blocks, num_up=2):
+    """Positions of ``dropout.position`` on a network with that many blocks and upsampling stages."""
+    return resolve_in(position, site_names(num_blocks, num_up), "dropout.position")
+
+
+def validate_dropout(position, p, kind, num_blocks, num_up=2):
+    """The dropout regulariser's checks, in the order pre-flight meets them: settings, then sites."""
+    return Dropout(position, p, kind).resolve(site_names(num_blocks, num_up))
 
 
 def test_make_dropout_kinds():
@@ -121,3 +134,17 @@ def test_validate_dropout_checks_all_three():
         validate_dropout("b17", 0.5, "channel", 16)
     with pytest.raises(ValueError, match="num_blocks"):
         validate_dropout("last", 0.5, "channel", 0)
+
+
+def test_dropout_is_a_registered_regularizer_described_by_plain_data():
+    assert REGULARIZERS["dropout"] is Dropout
+    spec = {"name": "dropout", "position": ("b4", "last"), "p": 0.7, "kind": "channel"}
+    reg = build_regularizer(spec)
+    assert reg.spec() == {"name": "dropout", "position": ["b4", "last"], "p": 0.7, "kind": "channel"}
+    assert build_regularizer(reg).spec() == reg.spec() and build_regularizer(reg) is not reg
+    assert (reg.views, reg.tapped_sites) == (1, ())
+    assert reg.extra_loss(None, None, {}) is None
+    with pytest.raises(ValueError, match="'adaptive'.*dropout"):
+        build_regularizer({"name": "adaptive"})
+    with pytest.raises(ValueError, match="'dropout'.*kind"):
+        build_regularizer({"name": "dropout", "position": "last", "p": 0.5})

@@ -10,7 +10,7 @@ import pytest
 from analysis.runs import runs_frame
 from analysis.tables import ablation_table
 from analysis.wandb_offline import read_runs
-from srcore.eval_degradations import TEST_DEGRADATIONS
+from srcore.evaluation import TEST_DEGRADATIONS
 from tests.conftest import ROOT, TINY, run_sweeper
 
 GRID = ["dropout.position=none,last", "dropout.p=0.1,0.9"]

@@ -1,5 +1,6 @@
-"""Tests of the fixed test degradations (srcore.eval_degradations) and of
-image file I/O (srcore.imageio).
+"""Tests of the fixed test degradations (srcore.evaluation.paper), of the
+paper's suite as the metrics loop scores it (srcore.evaluation) and of image
+file I/O (srcore.imageio).
 
 Every degradation step is checked against an independent computation (numpy /
 scipy re-implementations or a different library) where one exists, and each
@@ -23,8 +24,10 @@ from PIL import Image
 from scipy.ndimage import convolve1d
 
 from tests.conftest import SHARED_DATA
-from srcore.eval_degradations import (
+from srcore.evaluation import SUITES, EvalCase, evaluate, evaluate_suite
+from srcore.evaluation.paper import (
     TEST_DEGRADATIONS,
+    PaperSuite,
     make_test_lr,
     mod_crop,
     noise_seed,
@@ -242,7 +245,7 @@ def test_noise_seed_is_sha256_and_process_independent():
     assert noise_seed("Set5", "baby", "noise") == expected
     assert noise_seed("Set14", "comic", "blur+noise+jpeg", base_seed=3) == 2383325894753919339
     # A fresh interpreter with a different hash salt gets the same seed.
-    code = "from srcore.eval_degradations import noise_seed; print(noise_seed('Set5', 'baby', 'noise'))"
+    code = "from srcore.evaluation.paper import noise_seed; print(noise_seed('Set5', 'baby', 'noise'))"
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "PYTHONHASHSEED": "12345", "PYTHONPATH": str(root)}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root, check=True)
@@ -340,6 +343,40 @@ def test_mod_crop():
         mod_crop(img, 0)
     with pytest.raises(ValueError):
         mod_crop(img[:3], 4)
+
+
+# ------------------------------------------------------------- the suite
+
+
+def test_paper_suite_is_every_image_under_every_degradation_in_order(natural_hr, random_hr):
+    sets = {"A": [("nat", natural_hr[:190, :205])], "B": [("rnd", random_hr), ("nat", natural_hr)]}
+    degs = ["noise", "clean", "blur+jpeg"]
+    cases = list(SUITES["paper"](sets, degs, 4, base_seed=2))
+    assert [(c.set, c.image, c.degradation) for c in cases] == \
+        [(s, n, d) for s, ims in sets.items() for n, _ in ims for d in degs]
+    for c in cases:
+        assert isinstance(c, EvalCase)
+        hr = mod_crop(dict(sets[c.set])[c.image], 4)
+        assert np.array_equal(c.hr, hr)
+        seed = noise_seed(c.set, c.image, c.degradation, 2)
+        assert np.array_equal(c.lr, make_test_lr(hr, c.degradation, 4, seed=seed))
+
+
+def test_evaluate_scores_the_paper_suite(natural_hr, tmp_path):
+    torch = pytest.importorskip("torch")
+    model = torch.nn.Upsample(scale_factor=4, mode="nearest")
+    sets = {"A": [("nat", natural_hr[:190, :205])]}
+    rows, means = evaluate(model, sets, ["clean", "noise"], 4, 4, base_seed=1, save_dir=tmp_path)
+    assert [(r["set"], r["image"], r["degradation"]) for r in rows] == [("A", "nat", "clean"), ("A", "nat", "noise")]
+    hr = mod_crop(natural_hr[:190, :205], 4)
+    for r in rows:
+        sr = np.asarray(Image.open(tmp_path / "A" / r["degradation"] / "nat.png"))
+        assert sr.shape == hr.shape and r["psnr"] == psnr(sr, hr, crop_border=4)
+        assert means[f"A/{r['degradation']}/psnr"] == r["psnr"]
+    assert rows[0]["psnr"] > rows[1]["psnr"]
+    assert set(rows[0]) == {"set", "image", "degradation", "psnr", "psnr_y", "ssim_y"}
+    again, _ = evaluate_suite(model, PaperSuite(sets, ["clean", "noise"], 4, 1), 4)
+    assert again == rows
 
 
 # ------------------------------------------------------------- real images

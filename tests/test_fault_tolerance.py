@@ -222,9 +222,9 @@ def test_the_early_started_wandb_service_is_the_jobs_own():
     its own even when it inherited a parent's address (see the test above)."""
     code = ("import os; os.environ['WANDB_SERVICE'] = '2-1-tcp-localhost-1'\n"
             "from omegaconf import OmegaConf\n"
-            "from sweeper.job import start_wandb_service\n"
-            "assert start_wandb_service(OmegaConf.create({'logger': {'mode': 'disabled'}})) is None\n"
-            "start_wandb_service(OmegaConf.create({'logger': {'mode': 'offline'}})).join()\n"
+            "from sweeper.wandb_run import start_service\n"
+            "assert start_service(OmegaConf.create({'logger': {'mode': 'disabled'}})) is None\n"
+            "start_service(OmegaConf.create({'logger': {'mode': 'offline'}})).join()\n"
             "print(os.environ['WANDB_SERVICE'].split('-')[1], os.getpid())\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]

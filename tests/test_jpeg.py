@@ -1,4 +1,4 @@
-"""Batched JPEG in PyTorch (srcore.jpeg) against Pillow's libjpeg-turbo."""
+"""Batched JPEG in PyTorch (srcore.degrade.jpeg) against Pillow's libjpeg-turbo."""
 import io
 
 import numpy as np
@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from skimage import data
 
-from srcore.jpeg import CHROMA_TABLE, LUMA_TABLE, jpeg_compress, quant_tables
+from srcore.degrade.jpeg import CHROMA_TABLE, LUMA_TABLE, jpeg_compress, quant_tables
 
 # Tolerance of the PyTorch codec against Pillow, measured on these photographs at q 30..95
 # (whole images and 203x317 crops): mean |diff| <= 0.41 levels, PSNR >= 48.2 dB. Asserted with
@@ -75,6 +75,17 @@ def test_cv2_backend_is_bit_identical_to_pillow(name):
     arr = np.ascontiguousarray(PHOTOS[name])
     for q in (10, 30, 50, 95):
         assert np.array_equal(_ours(arr, q, "cv2"), _pillow(arr, q))
+
+
+@pytest.mark.parametrize("name", list(PHOTOS))
+def test_opencv_codec_decodes_to_pillows_pixels(name):
+    # why one round trip (srcore.imageio.jpeg_roundtrip, Pillow) can serve every JPEG step
+    import cv2
+
+    arr = np.ascontiguousarray(PHOTOS[name])
+    for q in (1, 10, 30, 50, 75, 95, 100):
+        ok, buf = cv2.imencode(".jpg", arr[..., ::-1].copy(), [cv2.IMWRITE_JPEG_QUALITY, q])
+        assert ok and np.array_equal(cv2.imdecode(buf, cv2.IMREAD_COLOR)[..., ::-1], _pillow(arr, q)), q
 
 
 @pytest.mark.parametrize("backend", ["torch", "cv2"])

@@ -1,4 +1,5 @@
-"""Batched random blur kernels (srcore.kernels): formulas, distributions, filtering."""
+"""Batched random blur kernels (srcore.degrade.kernels): formulas, distributions, filtering
+(srcore.degrade.filtering)."""
 import math
 
 import numpy as np
@@ -7,10 +8,18 @@ import torch
 import torch.nn.functional as F
 from scipy import special, stats
 
-from srcore.kernels import (KERNEL_SIZES, KERNEL_TYPES, PAPER_KERNEL_PROB, bivariate_gaussian,
-                            bivariate_generalized_gaussian, bivariate_plateau, filter2d, final_sinc_kernels,
-                            kernels_from_params, pulse_kernels, random_mixed_kernels, reflect_pad,
-                            sample_final_sinc_params, sample_kernel_params, sep_filter2d, sinc_kernels)
+from srcore.degrade.filtering import filter2d, reflect_pad, sep_filter2d
+from srcore.degrade.kernels import (KERNEL_SIZES, KERNEL_TYPES, bivariate_gaussian, bivariate_generalized_gaussian,
+                                    bivariate_plateau, final_sinc_kernels, kernels_from_params, pulse_kernels,
+                                    random_mixed_kernels, sample_final_sinc_params, sample_kernel_params,
+                                    sinc_kernels)
+from tests.degrade_params import paper_realesrgan_params
+
+PAPER = paper_realesrgan_params()
+PAPER_KERNEL_PROB = tuple(PAPER["kernel_prob"])
+# the paper's stage-1 kernel settings, as sample_kernel_params takes them
+STAGE1 = dict(kernel_list=PAPER["kernel_list"], kernel_prob=PAPER["kernel_prob"], sigma_range=PAPER["blur_sigma"],
+              betag_range=PAPER["betag_range"], betap_range=PAPER["betap_range"])
 
 
 
@@ -127,7 +136,7 @@ def test_sinc_kernel_is_a_low_pass_filter(omega):
 
 def test_every_kernel_sums_to_one_and_sizes_are_odd_and_padded():
     g = torch.Generator().manual_seed(0)
-    p = sample_kernel_params(4000, g, sinc_prob=0.3)
+    p = sample_kernel_params(4000, g, **STAGE1, sinc_prob=0.3)
     k = kernels_from_params(p, pad_to=21)
     assert k.shape == (4000, 21, 21)
     assert torch.allclose(k.sum(dim=(1, 2)), torch.ones(4000), atol=1e-5)
@@ -149,9 +158,9 @@ def test_every_kernel_sums_to_one_and_sizes_are_odd_and_padded():
 
 
 def test_random_mixed_kernels_is_seeded_and_on_the_generator_device():
-    a = random_mixed_kernels(16, torch.Generator().manual_seed(3))
-    b = random_mixed_kernels(16, torch.Generator().manual_seed(3))
-    c = random_mixed_kernels(16, torch.Generator().manual_seed(4))
+    a = random_mixed_kernels(16, torch.Generator().manual_seed(3), **STAGE1)
+    b = random_mixed_kernels(16, torch.Generator().manual_seed(3), **STAGE1)
+    c = random_mixed_kernels(16, torch.Generator().manual_seed(4), **STAGE1)
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert a.shape == (16, 21, 21) and a.dtype == torch.float32
     assert torch.allclose(a.sum(dim=(1, 2)), torch.ones(16), atol=1e-5)
@@ -179,19 +188,20 @@ def _binom_ok(count, n, p):
 
 
 def test_kernel_type_frequencies_match_the_probabilities():
-    p = sample_kernel_params(N, torch.Generator().manual_seed(1), KERNEL_TYPES, PAPER_KERNEL_PROB)
+    p = sample_kernel_params(N, torch.Generator().manual_seed(1), **STAGE1)
     counts = torch.bincount(p["type"], minlength=6).numpy()
     chi = stats.chisquare(counts, np.array(PAPER_KERNEL_PROB) * N)
     assert chi.pvalue > 1e-4, counts
     for i, prob in enumerate(PAPER_KERNEL_PROB):
         assert _binom_ok(counts[i], N, prob), (KERNEL_TYPES[i], counts[i])
     # a restricted list only ever yields its own types
-    q = sample_kernel_params(2000, torch.Generator().manual_seed(1), ["aniso", "plateau_iso"], [0.5, 0.5])
+    q = sample_kernel_params(2000, torch.Generator().manual_seed(1),
+                             **{**STAGE1, "kernel_list": ["aniso", "plateau_iso"], "kernel_prob": [0.5, 0.5]})
     assert set(q["type"].tolist()) == {KERNEL_TYPES.index("aniso"), KERNEL_TYPES.index("plateau_iso")}
 
 
 def test_sigma_rotation_and_size_distributions():
-    p = sample_kernel_params(N, torch.Generator().manual_seed(2), sigma_range=(0.2, 3.0))
+    p = sample_kernel_params(N, torch.Generator().manual_seed(2), **{**STAGE1, "sigma_range": (0.2, 3.0)})
     sx = p["sigma_x"].double().numpy()
     assert stats.kstest(sx, stats.uniform(loc=0.2, scale=2.8).cdf).pvalue > 1e-4
     aniso = np.isin(p["type"].numpy(), [1, 3, 5])
@@ -208,7 +218,7 @@ def test_sigma_rotation_and_size_distributions():
 
 
 def test_sinc_frequency_and_cutoff_ranges():
-    p = sample_kernel_params(N, torch.Generator().manual_seed(3), sinc_prob=0.1)
+    p = sample_kernel_params(N, torch.Generator().manual_seed(3), **STAGE1, sinc_prob=0.1)
     assert _binom_ok(int(p["sinc"].sum()), N, 0.1)
     small = p["size"] < 13
     om = p["omega"].double()
@@ -216,11 +226,12 @@ def test_sinc_frequency_and_cutoff_ranges():
     assert om.max() <= math.pi + 1e-6
     assert om[~small].min() < math.pi / 3 - 0.1  # the wider range is really used for large kernels
     assert stats.kstest(om[small].numpy(), stats.uniform(loc=math.pi / 3, scale=2 * math.pi / 3).cdf).pvalue > 1e-4
-    assert sample_kernel_params(1000, torch.Generator().manual_seed(3), sinc_prob=0.0)["sinc"].sum() == 0
+    assert sample_kernel_params(1000, torch.Generator().manual_seed(3), **STAGE1, sinc_prob=0.0)["sinc"].sum() == 0
 
 
 def test_beta_draws_follow_basicsr():
-    p = sample_kernel_params(N, torch.Generator().manual_seed(4), betag_range=(0.5, 4.0), betap_range=(1.0, 2.0))
+    p = sample_kernel_params(N, torch.Generator().manual_seed(4),
+                             **{**STAGE1, "betag_range": (0.5, 4.0), "betap_range": (1.0, 2.0)})
     t, beta = p["type"].numpy(), p["beta"].double().numpy()
     gen = beta[(t == 2) | (t == 3)]
     assert gen.min() >= 0.5 - 1e-6 and gen.max() <= 4.0 + 1e-6
@@ -234,8 +245,8 @@ def test_beta_draws_follow_basicsr():
 
 def test_same_stream_length_whatever_the_configuration():
     g1, g2 = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
-    sample_kernel_params(100, g1, ["iso"], [1.0], sinc_prob=0.0)
-    sample_kernel_params(100, g2, KERNEL_TYPES, PAPER_KERNEL_PROB, sinc_prob=0.9)
+    sample_kernel_params(100, g1, **{**STAGE1, "kernel_list": ["iso"], "kernel_prob": [1.0]}, sinc_prob=0.0)
+    sample_kernel_params(100, g2, **STAGE1, sinc_prob=0.9)
     assert torch.equal(g1.get_state(), g2.get_state())
 
 

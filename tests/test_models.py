@@ -1,12 +1,13 @@
-"""Backbones: BasicSR compatibility (parameter counts, key names, checkpoints) and dropout placement."""
+"""Backbones: BasicSR compatibility (parameter counts, key names, checkpoints), the facts they
+state, networks rebuilt from their weights files, and dropout placement."""
 
 import pytest
 import torch
 from torch import nn
 
-from srcore.dropout import site_names
-from srcore.models import BACKBONES, RRDBNet, SRResNet, build_model
+from srcore.models import BACKBONES, RRDBNet, SRResNet, build_model, check_model, load_model
 from srcore.models.checkpoint import load_weights, save_weights
+from srcore.regularizers.sites import site_names
 
 # small configs keep the forward passes fast; positions are chosen to exist in both
 SMALL = {
@@ -31,6 +32,11 @@ POSITIONS = {  # position -> sites it must place dropout at (4 body blocks)
 
 def n_params(model):
     return sum(p.numel() for p in model.parameters())
+
+
+def dropout(position, p, kind="channel"):
+    """The ``regularizers`` argument of a network with dropout."""
+    return [{"name": "dropout", "position": position, "p": p, "kind": kind}]
 
 
 def small(name, **kw):
@@ -73,9 +79,9 @@ def expected_rrdb_keys(num_block):
 
 @pytest.mark.parametrize("position", ["none", *[p for p in POSITIONS if isinstance(p, str)], ["first", "all", "last"]])
 def test_state_dict_keys_are_basicsr_and_independent_of_dropout(position):
-    m = SRResNet(num_feat=8, num_block=3, dropout_position=position, dropout_p=0.5)
+    m = build_model("srresnet", num_feat=8, num_block=3, regularizers=dropout(position, 0.5))
     assert set(m.state_dict()) == expected_srresnet_keys(3, 4)
-    r = RRDBNet(num_feat=8, num_block=3, num_grow_ch=4, dropout_position=position, dropout_p=0.5)
+    r = build_model("rrdb", num_feat=8, num_block=3, num_grow_ch=4, regularizers=dropout(position, 0.5))
     assert set(r.state_dict()) == expected_rrdb_keys(3)
     assert n_params(m) == n_params(SRResNet(num_feat=8, num_block=3))
 
@@ -112,7 +118,7 @@ def test_output_shapes():
             out = RRDBNet(num_feat=8, num_block=1, num_grow_ch=4, upscale=upscale)(x)
             assert out.shape == (1, 3, 8 * upscale, 12 * upscale)
     with pytest.raises(ValueError, match="'up2'"):  # x2 SRResNet has one upsampling stage
-        SRResNet(num_feat=8, num_block=1, upscale=2, dropout_position="up2", dropout_p=0.5)
+        build_model("srresnet", num_feat=8, num_block=1, upscale=2, regularizers=dropout("up2", 0.5))
 
 
 def test_rrdb_pixel_unshuffle_matches_basicsr_channel_order():
@@ -129,7 +135,7 @@ def test_load_basicsr_checkpoint(tmp_path):
     path = tmp_path / "net_g.pth"
     torch.save({"params": src.state_dict(), "params_ema": ema.state_dict()}, path)
 
-    dst = SRResNet(num_feat=8, num_block=2, dropout_position="last", dropout_p=0.7)
+    dst = build_model("srresnet", num_feat=8, num_block=2, regularizers=dropout("last", 0.7))
     assert load_weights(dst, path).key == "params_ema"
     assert torch.equal(dst.conv_last.weight, ema.conv_last.weight)
     assert load_weights(dst, str(path), key="params").key == "params"
@@ -166,29 +172,111 @@ def test_mismatched_checkpoint_names_keys(tmp_path):
 
 
 def test_save_weights_round_trip(tmp_path):
-    model, ema = SRResNet(num_feat=8, num_block=1), SRResNet(num_feat=8, num_block=1)
+    model, ema = build_model("srresnet", num_feat=8, num_block=1), build_model("srresnet", num_feat=8, num_block=1)
     path = tmp_path / "sub" / "net.pth"
     save_weights(model, path, ema_model=ema)
     ckpt = torch.load(path, weights_only=True)
-    assert set(ckpt) == {"params", "params_ema"}
+    assert set(ckpt) == {"params", "params_ema", "model_args"}
     assert list(tmp_path.joinpath("sub").iterdir()) == [path]  # no temporary file left behind
     dst = SRResNet(num_feat=8, num_block=1)
     load_weights(dst, path)
     assert torch.equal(dst.conv_first.weight, ema.conv_first.weight)
     save_weights(model, path)  # overwrite, no EMA
-    assert set(torch.load(path, weights_only=True)) == {"params"}
+    assert set(torch.load(path, weights_only=True)) == {"params", "model_args"}
+
+
+def test_load_model_rebuilds_the_network_from_its_file(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("rrdb", num_feat=8, num_block=2, num_grow_ch=4, upscale=2,
+                        regularizers=dropout(["b1", "last"], 0.5, "element"))
+    ema = build_model(**model.model_args)
+    path = tmp_path / "model.pt"
+    save_weights(model, path, ema_model=ema)
+    args = torch.load(path, weights_only=True)["model_args"]
+    assert args == model.model_args == {
+        "name": "rrdb", "num_in_ch": 3, "num_out_ch": 3, "num_feat": 8, "num_block": 2, "num_grow_ch": 4,
+        "upscale": 2, "regularizers": [{"name": "dropout", "position": ["b1", "last"], "p": 0.5, "kind": "element"}]}
+    loaded = load_model(path)
+    assert type(loaded) is RRDBNet and not loaded.training and loaded.model_args == model.model_args
+    assert type(loaded.sites["last"]) is nn.Dropout and loaded.regularizers[0].sites == {"b1", "last"}
+    for k, v in ema.state_dict().items():  # EMA preferred, as load_weights
+        assert torch.equal(loaded.state_dict()[k], v), k
+
+
+def test_load_model_needs_model_args(tmp_path):
+    path = tmp_path / "net_g.pth"
+    torch.save({"params_ema": SRResNet(num_feat=8, num_block=1).state_dict()}, path)
+    with pytest.raises(ValueError, match="net_g.pth.*model_args.*backbone"):
+        load_model(path)
+    save_weights(SRResNet(num_feat=8, num_block=1), path)  # built without build_model: nothing to store
+    with pytest.raises(ValueError, match="net_g.pth.*model_args"):
+        load_model(path)
+
+
+# ---------------------------------------------------------------- facts each backbone states
+
+def test_backbones_state_their_scales_and_sites():
+    assert (SRResNet.SCALES, RRDBNet.SCALES) == ((2, 3, 4), (1, 2, 4))
+    assert SRResNet.site_names(4, 4) == site_names(4) == RRDBNet.site_names(4, 1)
+    assert SRResNet.site_names(4, 3) == site_names(4, num_up=1)
+    for name, cls in BACKBONES.items():
+        assert cls.name == name
+        for upscale in cls.SCALES:
+            m = build_model(name, upscale=upscale, **SMALL[name])
+            assert tuple(m.site_modules()) == cls.site_names(SMALL[name]["num_block"], upscale)
+
+
+def test_check_args_messages():
+    SRResNet.check_args(3, num_feat=8, num_block=2)
+    with pytest.raises(ValueError, match=r"^scale=1 is not supported by srresnet; allowed: \(2, 3, 4\)$"):
+        SRResNet.check_args(1)
+    with pytest.raises(ValueError, match=r"^scale=3 is not supported by rrdb; allowed: \(1, 2, 4\)$"):
+        RRDBNet.check_args(3)
+    for key, value in [("num_feat", 0), ("num_block", -2), ("num_grow_ch", 1.5), ("num_block", True)]:
+        with pytest.raises(ValueError, match=f"^backbone.{key}={value!r} must be a positive integer$"):
+            RRDBNet.check_args(4, **{key: value})
+    with pytest.raises(ValueError, match="backbone.num_grow_ch is not a setting of srresnet"):
+        SRResNet.check_args(4, num_grow_ch=8)
+
+
+def test_check_model_validates_without_building():
+    spec = dropout("b2", 0.7)
+    assert check_model("srresnet", 4, spec, num_feat=8, num_block=2) == build_model(
+        "srresnet", regularizers=spec, num_feat=8, num_block=2).model_args
+    for kwargs, message in [(dict(name="edsr"), "backbone='edsr' is unknown"),
+                            (dict(name="rrdb", upscale=3), "scale=3"),
+                            (dict(name="srresnet", num_block=0), "backbone.num_block=0"),
+                            (dict(name="srresnet", regularizers=dropout("b99", 0.5)), r"b99.*b1\.\.b16"),
+                            (dict(name="srresnet", regularizers=dropout("up2", 0.5), upscale=2), "'up2'"),
+                            (dict(name="srresnet", regularizers=dropout("foo", 0.5)), "foo.*none, first"),
+                            (dict(name="srresnet", regularizers=dropout("last", 0.5, "spatial")),
+                             "spatial.*channel, element"),
+                            (dict(name="srresnet", regularizers=dropout("last", 1.5)), r"1\.5.*\[0, 1\)")]:
+        with pytest.raises(ValueError, match=message):
+            check_model(**kwargs)
+
+
+def test_regularizers_leave_the_initial_weights_alone():
+    torch.manual_seed(3)
+    plain = build_model("srresnet", num_feat=8, num_block=2)
+    torch.manual_seed(3)
+    regularized = build_model("srresnet", num_feat=8, num_block=2, regularizers=dropout(["all", "last"], 0.5))
+    assert list(plain.state_dict()) == list(regularized.state_dict())
+    for (k, a), b in zip(plain.state_dict().items(), regularized.state_dict().values()):
+        assert torch.equal(a, b), k
 
 
 # ---------------------------------------------------------------- dropout placement
 
 @pytest.mark.parametrize("name", ["srresnet", "rrdb"])
 def test_site_modules(name):
-    m = small(name, dropout_position=("b2", "last", "quarter"), dropout_p=0.5, dropout_kind="element")
+    m = small(name, regularizers=dropout(("b2", "last", "quarter"), 0.5, "element"))
     sites = m.site_modules()
     assert tuple(sites) == site_names(4)
-    assert m.dropout_sites == {"b2", "last", "inblock4"}
+    (reg,) = m.regularizers
+    assert reg.sites == {"b2", "last", "inblock4"}
     for site, module in sites.items():
-        assert type(module) is (nn.Dropout if site in m.dropout_sites else nn.Identity)
+        assert type(module) is (nn.Dropout if site in reg.sites else nn.Identity)
         assert list(module.parameters()) == []
     assert sites["inblock2"] is m.body[1].site
 
@@ -197,10 +285,10 @@ def test_site_modules(name):
 @pytest.mark.parametrize("position", list(POSITIONS), ids=str)
 def test_channel_dropout_lands_at_its_site(name, position):
     torch.manual_seed(0)
-    m = small(name, dropout_position=list(position) if isinstance(position, tuple) else position,
-              dropout_p=0.999).train()
+    m = small(name, regularizers=dropout(list(position) if isinstance(position, tuple) else position,
+                                         0.999)).train()
     expected = POSITIONS[position]
-    assert m.dropout_sites == expected
+    assert m.regularizers[0].sites == expected
     assert {s for s, mod in m.site_modules().items() if isinstance(mod, nn.Dropout2d)} == expected
 
     seen = record_sites(m)
@@ -219,7 +307,7 @@ def test_channel_dropout_lands_at_its_site(name, position):
 @pytest.mark.parametrize("name", ["srresnet", "rrdb"])
 def test_last_is_the_input_of_conv_last(name):
     torch.manual_seed(0)
-    m = small(name, dropout_position="last", dropout_p=0.999).train()
+    m = small(name, regularizers=dropout("last", 0.999)).train()
     inputs = {}
     for conv in ("conv_hr", "conv_last"):
         getattr(m, conv).register_forward_pre_hook(lambda mod, args, conv=conv: inputs.__setitem__(conv, args[0].clone()))
@@ -231,7 +319,7 @@ def test_last_is_the_input_of_conv_last(name):
 @pytest.mark.parametrize("name", ["srresnet", "rrdb"])
 def test_inblock_dropout_acts_before_the_residual_add(name):
     torch.manual_seed(0)
-    m = small(name, dropout_position="quarter", dropout_p=0.999).train()
+    m = small(name, regularizers=dropout("quarter", 0.999)).train()
     block = m.body[3]
     seen = {}
     block.site.register_forward_hook(lambda mod, i, o: seen.__setitem__("branch", o.clone()))
@@ -247,7 +335,7 @@ def test_inblock_dropout_acts_before_the_residual_add(name):
 @pytest.mark.parametrize("name", ["srresnet", "rrdb"])
 def test_element_dropout_zeroes_elements_not_maps(name):
     torch.manual_seed(0)
-    m = small(name, dropout_position="last", dropout_p=0.5, dropout_kind="element").train()
+    m = small(name, regularizers=dropout("last", 0.5, "element")).train()
     seen = record_sites(m)
     m(torch.rand(2, 3, 8, 8))
     t = seen["last"]
@@ -259,7 +347,7 @@ def test_element_dropout_zeroes_elements_not_maps(name):
 @pytest.mark.parametrize("name", ["srresnet", "rrdb"])
 def test_dropout_only_acts_in_training(name):
     torch.manual_seed(0)
-    m = small(name, dropout_position=["first", "all", "b2", "up1", "last"], dropout_p=0.9)
+    m = small(name, regularizers=dropout(["first", "all", "b2", "up1", "last"], 0.9))
     plain = small(name)
     plain.load_state_dict(m.state_dict())
     x = torch.rand(2, 3, 8, 8)
@@ -271,6 +359,6 @@ def test_dropout_only_acts_in_training(name):
     # In training two passes differ. One site and 32 feature maps, so that p=0.9 practically never
     # drops every map of a sample (stacked sites would, and hide the randomness); compare exactly,
     # since SRResNet's 0.1-scaled init keeps the learned residual small.
-    m = build_model(name, **dict(SMALL[name], num_feat=32), dropout_position="last", dropout_p=0.9).train()
+    m = build_model(name, **dict(SMALL[name], num_feat=32), regularizers=dropout("last", 0.9)).train()
     with torch.no_grad():
         assert not torch.equal(m(x), m(x))

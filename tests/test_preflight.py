@@ -4,21 +4,19 @@ Configs are composed exactly as the CLI composes them."""
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
-
-import sweeper.naming  # noqa: F401  (registers the resolvers the config uses)
+from sweeper.compose import compose
 from sweeper.preflight import PreflightError, validate_config
-from tests.conftest import ROOT, TINY, run_sweeper
+from tests.conftest import TINY, run_sweeper
 
 
 def _cfg(*overrides):
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+    return compose(overrides)
 
 
 def test_defaults_and_presets_are_valid():
-    for overrides in [(), ("train=smoke",), ("train=demo",), ("backbone=rrdb",), ("degradation=bicubic",),
-                      ("degradation=multi",), ("degradation=bicubic", "train=demo"),
+    for overrides in [(), ("train=smoke",), ("train=demo",), ("preset=smoke",), ("preset=demo",),
+                      ("backbone=rrdb",), ("degradation=bicubic",),
+                      ("degradation=multi",), ("degradation=bicubic", "preset=demo"),
                       ("dropout.position=[b4,last]",), ("dropout.kind=element",), ("dropout.position=none",)]:
         validate_config(_cfg(*overrides))
 

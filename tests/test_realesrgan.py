@@ -1,4 +1,4 @@
-"""The Real-ESRGAN two-stage degradation (srcore.realesrgan)."""
+"""The Real-ESRGAN two-stage degradation (srcore.degrade.realesrgan and its steps)."""
 import functools
 import math
 from pathlib import Path
@@ -10,13 +10,26 @@ import torch
 from scipy import stats
 from skimage import data
 
-from srcore.degradations import bicubic_down, build_degradation
-from srcore.kernels import KERNEL_TYPES, PAPER_KERNEL_PROB
-from srcore.realesrgan import (DEFAULTS, RealESRGANDegradation, add_noise, count_levels, poisson_from_levels,
-                               resize, usm_sharp, validate_params)
+from srcore.degrade import build_degradation
+from srcore.degrade.common import bicubic_down
+from srcore.degrade.kernels import KERNEL_TYPES
+from srcore.degrade.noise import add_noise, count_levels, poisson_from_levels
+from srcore.degrade.realesrgan import RealESRGANDegradation
+from srcore.degrade.realesrgan_params import PARAM_NAMES, validate_params
+from srcore.degrade.resize import resize
+from srcore.degrade.usm import usm_sharp
+from tests.degrade_params import paper_geometry, paper_realesrgan_params
 
 ROOT = Path(__file__).resolve().parent.parent
 N = 20000
+PAPER = {**paper_geometry(), **paper_realesrgan_params()}  # every parameter, the paper's values
+PAPER_KERNEL_PROB = tuple(PAPER["kernel_prob"])
+USM = dict(radius=PAPER["usm_radius"], weight=PAPER["usm_weight"], threshold=PAPER["usm_threshold"])
+
+
+def paper_realesrgan(**overrides) -> RealESRGANDegradation:
+    """The paper's pipeline, with some parameters changed."""
+    return RealESRGANDegradation(**{**PAPER, **overrides})
 
 
 @functools.lru_cache(maxsize=None)
@@ -45,10 +58,10 @@ def _uniform_ok(x, lo, hi):
 
 # ---------------------------------------------------------------- configuration
 def test_defaults_are_the_papers():
-    c = RealESRGANDegradation().config()
+    c = paper_realesrgan().config()
     assert c["scale"] == 4 and c["gt_patch"] == 128 and c["usm"] is True
     assert (c["usm_radius"], c["usm_weight"], c["usm_threshold"]) == (50, 0.5, 10)
-    assert c["usm_on_load"] is True and list(DEFAULTS).index("usm_on_load") == list(DEFAULTS).index("usm_threshold") + 1
+    assert c["usm_on_load"] is True and PARAM_NAMES.index("usm_on_load") == PARAM_NAMES.index("usm_threshold") + 1
     assert c["kernel_list"] == KERNEL_TYPES and c["kernel_prob"] == (0.45, 0.25, 0.12, 0.03, 0.12, 0.03)
     assert c["kernel_list2"] == KERNEL_TYPES and c["kernel_prob2"] == PAPER_KERNEL_PROB
     assert c["blur_sigma"] == (0.2, 3.0) and c["blur_sigma2"] == (0.2, 1.5)
@@ -69,16 +82,17 @@ def test_the_config_file_holds_the_defaults_and_validates():
     from omegaconf import OmegaConf
 
     path = ROOT / "conf" / "degradation" / "realesrgan.yaml"
-    if not path.exists():
-        pytest.skip("no conf/degradation/realesrgan.yaml")
-    cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
+    cfg = OmegaConf.to_container(OmegaConf.load(path), resolve=True)  # as the sweeper reads it
     params = {k: v for k, v in cfg.items() if k not in ("name", "gt_size")}
-    validate_params(**params)
-    for k, v in params.items():
-        want = DEFAULTS[k]
-        assert (tuple(v) if isinstance(v, list) else v) == want, k
+    # every parameter but the job's geometry is in the file (the code has no defaults) ...
+    assert set(params) == set(PARAM_NAMES) - {"scale", "gt_patch"}
+    assert params == paper_realesrgan_params()
+    validate_params({**params, "scale": 4, "gt_patch": 128})
     deg = build_degradation("realesrgan", 4, gt_patch=128, **params)
     assert isinstance(deg, RealESRGANDegradation)
+    # ... so a missing one is an error, not a silent default
+    with pytest.raises(ValueError, match="degradation.sinc_prob is missing"):
+        validate_params({k: v for k, v in PAPER.items() if k != "sinc_prob"})
 
 
 @pytest.mark.parametrize("params,key,shown", [
@@ -107,23 +121,23 @@ def test_the_config_file_holds_the_defaults_and_validates():
 ])
 def test_validate_params_names_key_and_value(params, key, shown):
     with pytest.raises(ValueError) as err:
-        validate_params(**params)
+        validate_params({**PAPER, **params})
     msg = str(err.value)
     assert key in msg and shown in msg, msg
     with pytest.raises((ValueError, TypeError)):  # TypeError: an unknown keyword
-        RealESRGANDegradation(**params)
+        paper_realesrgan(**params)
 
 
 def test_validate_params_accepts_valid_settings():
-    validate_params()
-    validate_params(**{k: v for k, v in DEFAULTS.items()})
-    validate_params(kernel_list=["iso"], kernel_prob=[1.0], resize_prob=[0, 0, 1], jpeg_range=[95, 95],
-                    noise_range=[0, 0], gt_patch=None, usm=False, backend="torch")
-    validate_params(usm_on_load=False)
+    validate_params(PAPER)
+    validate_params({**PAPER, **dict(kernel_list=["iso"], kernel_prob=[1.0], resize_prob=[0, 0, 1],
+                                     jpeg_range=[95, 95], noise_range=[0, 0], gt_patch=None, usm=False,
+                                     backend="torch")})
+    validate_params({**PAPER, "usm_on_load": False})
 
 
 # ---------------------------------------------------------------- USM
-def _usm_reference(img: np.ndarray, radius=50, weight=0.5, threshold=10) -> np.ndarray:
+def _usm_reference(img: np.ndarray, radius, weight, threshold) -> np.ndarray:
     """Real-ESRGAN's USMSharp, written with OpenCV: HxWxC float32 in [0, 1]."""
     k = radius + 1 if radius % 2 == 0 else radius
     kernel = cv2.getGaussianKernel(k, 0)
@@ -139,10 +153,10 @@ def _usm_reference(img: np.ndarray, radius=50, weight=0.5, threshold=10) -> np.n
 @pytest.mark.parametrize("backend", ["auto", "torch"])
 def test_usm_matches_an_opencv_reference(backend):
     hr = photos(2, 160, seed=3)
-    out = usm_sharp(hr, backend=backend)
+    out = usm_sharp(hr, **USM, backend=backend)
     assert out.shape == hr.shape and out.min() >= 0 and out.max() <= 1
     for i in range(2):
-        ref = _usm_reference(hr[i].permute(1, 2, 0).numpy())
+        ref = _usm_reference(hr[i].permute(1, 2, 0).numpy(), **USM)
         diff = np.abs(out[i].permute(1, 2, 0).numpy() - ref)
         assert diff.max() < 2e-3 and diff.mean() < 1e-5, (diff.max(), diff.mean())
     # it does sharpen: more high-frequency energy than the input
@@ -155,10 +169,10 @@ def test_hr_target_is_the_sharpened_gt_or_the_gt():
     # usm_on_load=False: the official per-batch USM of the crops
     hr = photos(2, 256, seed=1)
     for usm in (True, False):
-        deg = RealESRGANDegradation(usm=usm, usm_on_load=False)
+        deg = paper_realesrgan(usm=usm, usm_on_load=False)
         params = deg.sample_params(2, torch.Generator().manual_seed(7))
         target, lr = deg.apply(hr, params)
-        want = usm_sharp(hr) if usm else hr
+        want = usm_sharp(hr, **USM) if usm else hr
         assert torch.equal(target, want)
         assert lr.shape == (2, 3, 64, 64)
         t_crop, l_crop = deg.paired_crop(target, lr, params)
@@ -181,17 +195,17 @@ def _u8(t: torch.Tensor) -> np.ndarray:
 
 def test_prepare_images_is_usm_of_the_whole_image():
     images = [("astronaut", data.astronaut()), ("coffee", data.coffee()), ("rocket", data.rocket())]
-    deg = RealESRGANDegradation()
+    deg = paper_realesrgan()
     prepared = deg.prepare_images(images)
     assert [n for n, _ in prepared] == [n for n, _ in images]
     for (_, im), (_, out) in zip(images, prepared):
         assert out.dtype == np.uint8 and out.shape == im.shape
         x = torch.from_numpy(im).permute(2, 0, 1)[None].float() / 255
-        assert np.array_equal(out, _u8(usm_sharp(x))), np.abs(out.astype(int) - _u8(usm_sharp(x))).max()
+        assert np.array_equal(out, _u8(usm_sharp(x, **USM))), np.abs(out.astype(int) - _u8(usm_sharp(x, **USM))).max()
         assert not np.array_equal(out, im)
     # nothing to do without USM or with per-batch USM
     for kw in (dict(usm=False), dict(usm_on_load=False)):
-        same = RealESRGANDegradation(**kw).prepare_images(images)
+        same = paper_realesrgan(**kw).prepare_images(images)
         assert all(a is b for (_, a), (_, b) in zip(same, images))
     with pytest.raises(ValueError, match="uint8"):
         deg.prepare_images([("float", images[0][1].astype(np.float32))])
@@ -200,13 +214,13 @@ def test_prepare_images_is_usm_of_the_whole_image():
 @pytest.mark.parametrize("flip", [False, True])
 def test_a_crop_of_the_prepared_image_is_usm_of_the_crop_away_from_its_border(flip):
     im = data.coffee()
-    prepared = RealESRGANDegradation().prepare_images([("coffee", im)])[0][1]
+    prepared = paper_realesrgan().prepare_images([("coffee", im)])[0][1]
     t, l, size = 60, 90, 300
     crop, pcrop = im[t:t + size, l:l + size], prepared[t:t + size, l:l + size]
     if flip:  # a horizontal flip commutes with the symmetric kernel and reflect-101 borders
         crop, pcrop = crop[:, ::-1], pcrop[:, ::-1]
     x = torch.from_numpy(np.ascontiguousarray(crop)).permute(2, 0, 1)[None].float() / 255
-    diff = np.abs(_u8(usm_sharp(x)).astype(int) - pcrop.astype(int))
+    diff = np.abs(_u8(usm_sharp(x, **USM)).astype(int) - pcrop.astype(int))
     yy, xx = np.mgrid[0:size, 0:size]
     dist = np.minimum(np.minimum(yy, xx), np.minimum(size - 1 - yy, size - 1 - xx))
     # the blur reaches 25 px and the soft mask blurs the thresholded residual by 25 px more:
@@ -219,7 +233,7 @@ def test_a_crop_of_the_prepared_image_is_usm_of_the_crop_away_from_its_border(fl
 
 def test_usm_on_load_apply_does_not_sharpen_again():
     hr = photos(2, 256, seed=1)
-    deg = RealESRGANDegradation()  # usm=True, usm_on_load=True
+    deg = paper_realesrgan()  # usm=True, usm_on_load=True
     params = deg.sample_params(2, torch.Generator().manual_seed(7))
     target, lr = deg.apply(hr, params)
     assert torch.equal(target, hr)
@@ -230,7 +244,7 @@ def test_usm_on_load_apply_does_not_sharpen_again():
     for i, (t, l) in enumerate(zip(tops, lefts)):
         assert torch.equal(t_crop[i], hr[i, :, 4 * t:4 * t + 128, 4 * l:4 * l + 128])
     # the LR is the per-batch pipeline's LR of the (already sharpened) input, without USM
-    _, lr_off = RealESRGANDegradation(usm=False).apply(hr, params)
+    _, lr_off = paper_realesrgan(usm=False).apply(hr, params)
     assert torch.equal(lr, lr_off)
 
 
@@ -251,7 +265,7 @@ def test_cv2_and_torch_resize_agree(mode):
 # ---------------------------------------------------------------- distributions (no image ops)
 @pytest.fixture(scope="module")
 def many():
-    return RealESRGANDegradation().sample_params(N, torch.Generator().manual_seed(11))
+    return paper_realesrgan().sample_params(N, torch.Generator().manual_seed(11))
 
 
 def test_per_sample_kernel_distributions(many):
@@ -288,7 +302,7 @@ def test_per_sample_noise_and_jpeg_distributions(many):
 
 
 def test_per_batch_resize_and_order_distributions():
-    deg = RealESRGANDegradation()
+    deg = paper_realesrgan()
     g = torch.Generator().manual_seed(12)
     batches = [deg.sample_params(1, g) for _ in range(3000)]
     m = len(batches)
@@ -313,8 +327,8 @@ def test_per_batch_resize_and_order_distributions():
 
 def test_sample_params_uses_a_fixed_amount_of_the_stream():
     g1, g2 = torch.Generator().manual_seed(3), torch.Generator().manual_seed(3)
-    RealESRGANDegradation().sample_params(8, g1)
-    RealESRGANDegradation(kernel_list=["iso"], kernel_prob=[1.0], sinc_prob=0.9, second_blur_prob=0.0,
+    paper_realesrgan().sample_params(8, g1)
+    paper_realesrgan(kernel_list=["iso"], kernel_prob=[1.0], sinc_prob=0.9, second_blur_prob=0.0,
                           resize_prob=[0, 0, 1], final_sinc_prob=1.0, jpeg_range=[95, 95]).sample_params(8, g2)
     assert torch.equal(g1.get_state(), g2.get_state())
 
@@ -408,7 +422,7 @@ def hr400():
 
 
 def test_pipeline_shapes_levels_and_seeds(hr400):
-    deg = RealESRGANDegradation()
+    deg = paper_realesrgan()
     target, lr = deg(hr400, torch.Generator().manual_seed(0))
     assert target.shape == (2, 3, 128, 128) and lr.shape == (2, 3, 32, 32)
     assert target.dtype == lr.dtype == torch.float32
@@ -420,7 +434,7 @@ def test_pipeline_shapes_levels_and_seeds(hr400):
 
 
 def test_resuming_the_generator_reproduces_the_next_batch(hr400):
-    deg = RealESRGANDegradation()
+    deg = paper_realesrgan()
     g = torch.Generator().manual_seed(42)
     deg(hr400, g)
     state = g.get_state()
@@ -434,12 +448,12 @@ def test_resuming_the_generator_reproduces_the_next_batch(hr400):
 
 def test_full_size_without_gt_patch_and_other_scales():
     hr = photos(2, 96, seed=2)
-    target, lr = RealESRGANDegradation(gt_patch=None)(hr, torch.Generator().manual_seed(0))
+    target, lr = paper_realesrgan(gt_patch=None)(hr, torch.Generator().manual_seed(0))
     assert target.shape == (2, 3, 96, 96) and lr.shape == (2, 3, 24, 24)
-    target, lr = RealESRGANDegradation(scale=2, gt_patch=64)(hr, torch.Generator().manual_seed(0))
+    target, lr = paper_realesrgan(scale=2, gt_patch=64)(hr, torch.Generator().manual_seed(0))
     assert target.shape == (2, 3, 64, 64) and lr.shape == (2, 3, 32, 32)
     with pytest.raises(ValueError, match="smaller than gt_patch"):
-        RealESRGANDegradation()(hr, torch.Generator().manual_seed(0))
+        paper_realesrgan()(hr, torch.Generator().manual_seed(0))
 
 
 def _hf(x: torch.Tensor) -> torch.Tensor:
@@ -456,7 +470,7 @@ def test_lr_is_degraded_relative_to_bicubic():
                  gaussian_noise_prob2=1, noise_range=(20, 25), noise_range2=(20, 25))
     ratios = {}
     for name, kw in (("default", {}), ("quiet", quiet), ("noisy", noisy)):
-        deg = RealESRGANDegradation(**kw)
+        deg = paper_realesrgan(**kw)
         g = torch.Generator().manual_seed(9)
         r, diffs = [], []
         for _ in range(3):
@@ -472,7 +486,7 @@ def test_lr_is_degraded_relative_to_bicubic():
 
 def test_backends_agree_when_noise_is_off(hr400):
     quiet = dict(noise_range=(0, 0), poisson_scale_range=(0, 0), noise_range2=(0, 0), poisson_scale_range2=(0, 0))
-    a, b = RealESRGANDegradation(**quiet), RealESRGANDegradation(backend="torch", **quiet)
+    a, b = paper_realesrgan(**quiet), paper_realesrgan(backend="torch", **quiet)
     for seed in range(3):
         p = a.sample_params(2, torch.Generator().manual_seed(seed))
         ta, la = a.apply(hr400, p)
@@ -483,7 +497,7 @@ def test_backends_agree_when_noise_is_off(hr400):
 
 
 def test_params_on_the_generator_device_and_apply_is_deterministic(hr400):
-    deg = RealESRGANDegradation()
+    deg = paper_realesrgan()
     g = torch.Generator().manual_seed(0)
     p = deg.sample_params(2, g)
     assert p["kernel1"]["sigma_x"].device == torch.device("cpu") and isinstance(p["seed"], int)

@@ -198,13 +198,12 @@ def test_runs_frame_holds_the_resolved_config(fixture_runs):
 
 def test_experiment_presets_compose_their_grids():
     """Each preset, composed as the CLI does, yields its grid (with an extra CLI axis)."""
-    from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
-    from tests.conftest import ROOT
+
+    from sweeper.compose import compose
     sizes = {"fig1": 4, "position": 7, "inblock": 4, "probability": 10, "kind": 4, "bicubic_vs_multi": 4}
     for name, size in sizes.items():
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-            cfg = compose("config", overrides=[f"+experiment={name}"], return_hydra_config=True)
+        cfg = compose([f"+experiment={name}"], return_hydra_config=True)
         params = [f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()] + ["seed=0,1"]
         parsed = OverridesParser.create().parse_overrides(params)
         n = 1

@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from srcore.data import TrainPatches, builtin_images
-from srcore.degradations import Bicubic
+from srcore.degrade import Bicubic
 from srcore.models import build_model
+from srcore.regularizers import REGULARIZERS, Regularizer
 from srcore.schedule import CosineAnnealingRestartLR, ema_update
 from srcore.train import TrainSettings, train
 from tests.conftest import ROOT, TINY, run_sweeper
@@ -47,12 +48,20 @@ class Crash(Exception):
     pass
 
 
+def tiny_settings(**kw) -> TrainSettings:
+    """A 12-iteration schedule with two cosine cycles; the paper's optimiser settings."""
+    settings = dict(iterations=12, batch_size=2, lr=2e-4, betas=(0.9, 0.99), weight_decay=0.0, periods=(6, 6),
+                    restart_weights=(1, 0.5), eta_min=1e-7, ema_decay=0.9, seed=0, log_every=1, val_every=100,
+                    ckpt_every=4, num_workers=0, device="cpu")
+    return TrainSettings(**{**settings, **kw})
+
+
 def _tiny_run(tmp_path, name, position="none", iterations=12, seed=0, crash_at=None, degrade=Bicubic(4), **kw):
     torch.manual_seed(seed)
-    model = build_model("srresnet", num_feat=8, num_block=2, dropout_position=position, dropout_p=0.5)
+    model = build_model("srresnet", num_feat=8, num_block=2,
+                        regularizers=[{"name": "dropout", "position": position, "p": 0.5, "kind": "channel"}])
     patches = TrainPatches(builtin_images("train")[:2], patch=32, seed=seed)
-    cfg = TrainSettings(iterations=iterations, batch_size=2, periods=(6, 6), restart_weights=(1, 0.5),
-                        ema_decay=0.9, seed=seed, log_every=1, val_every=100, ckpt_every=4, **kw)
+    cfg = tiny_settings(iterations=iterations, seed=seed, **kw)
 
     def log_metrics(metrics, step):
         if step == crash_at:
@@ -133,3 +142,42 @@ def test_job_killed_with_sigkill_resumes_to_the_uninterrupted_result(tmp_path):
     # The rerun resumed the same wandb run: both attempts share one deterministic id.
     dirs = sorted((job_b / "wandb").glob("offline-run-*"))
     assert len(dirs) == 2 and len({d.name.rsplit("-", 1)[1] for d in dirs}) == 1
+
+
+class Probe(Regularizer):
+    """A regulariser using every training hook: the iteration, a tapped site, an extra loss."""
+
+    name = "probe"
+    tapped_sites = ("last",)
+
+    def __init__(self, weight, views=1):
+        super().__init__()
+        self.weight, self.views, self.iterations = weight, views, []
+
+    def settings(self):
+        return {"weight": self.weight, "views": self.views}
+
+    def set_iteration(self, iteration):
+        self.iterations.append(iteration)
+
+    def extra_loss(self, sr, hr, features):
+        assert features["last"].shape[:2] == (sr.shape[0], 8)  # this pass's input of conv_last
+        return self.weight * features["last"].abs().mean()
+
+
+def test_training_calls_the_regularizer_hooks(tmp_path, monkeypatch):
+    monkeypatch.setitem(REGULARIZERS, "probe", Probe)
+    patches = TrainPatches(builtin_images("train")[:2], patch=32, seed=0)
+    torch.manual_seed(0)
+    model = build_model("srresnet", num_feat=8, num_block=2, regularizers=[{"name": "probe", "weight": 0.5}])
+    logged = []
+    train(model, patches, Bicubic(4), tiny_settings(iterations=6), tmp_path / "probe.pt",
+          log_metrics=lambda metrics, step: logged.append(metrics))
+    (probe,) = model.regularizers
+    assert probe.iterations == [1, 2, 3, 4, 5, 6]  # once before each forward pass
+    assert all(0 < m["train/probe_loss"] < m["train/loss"] for m in logged)
+
+    two_views = build_model("srresnet", num_feat=8, num_block=2,
+                            regularizers=[{"name": "probe", "weight": 0.5, "views": 2}])
+    with pytest.raises(NotImplementedError, match="2 degraded views"):
+        train(two_views, patches, Bicubic(4), tiny_settings(iterations=2), tmp_path / "views.pt")

@@ -5,7 +5,9 @@ import torch
 from PIL import Image
 
 from srcore.data import builtin_images
-from srcore.degradations import Bicubic, SimpleMulti, build_degradation, gaussian_kernels
+from srcore.degrade import build_degradation
+from srcore.degrade.bicubic import Bicubic
+from srcore.degrade.multi import SimpleMulti, gaussian_kernels
 
 MULTI = dict(blur_prob=0.5, blur_sigma=[0.2, 3.0], noise_prob=0.5, noise_sigma=[1, 30], jpeg_prob=0.5,
              jpeg_quality=[30, 95])

@@ -30,8 +30,14 @@ log = logging.getLogger(__name__)
 
 def failed_return(overrides: Sequence[str], error: BaseException) -> JobReturn:
     ret = JobReturn(overrides=list(overrides), status=JobStatus.FAILED)
-    ret._return_value = error
+    ret.return_value = error
     return ret
+
+
+def job_error(ret: JobReturn):
+    """A failed job's exception. Hydra's public ``JobReturn.return_value`` re-raises it (and
+    prints a line to stderr), so this reads the private field: the one private read left here."""
+    return ret._return_value
 
 
 def collect(job, overrides: Sequence[str]) -> JobReturn:
@@ -91,7 +97,7 @@ def _worker_main(conn, device: str | None, threads: int | None, log_path: str) -
         try:
             data = cloudpickle.dumps(ret)
         except Exception:  # an unpicklable exception: keep its text
-            data = cloudpickle.dumps(failed_return(args[0], RuntimeError(repr(ret._return_value))))
+            data = cloudpickle.dumps(failed_return(args[0], RuntimeError(repr(job_error(ret)))))
         conn.send_bytes(data)
         if exiting is not None:
             raise exiting
@@ -265,7 +271,7 @@ class SlurmLauncher(BaseSubmititLauncher):
                 results += wait_for_result(task)
             except Exception:  # the task died: every job of it without a result is failed
                 failed = collect(task, overrides[0])
-                results += [failed_return(o, failed._return_value) for o in overrides]
+                results += [failed_return(o, job_error(failed)) for o in overrides]
         return results
 
 

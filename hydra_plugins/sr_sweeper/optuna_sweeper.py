@@ -30,6 +30,7 @@ from hydra.core.utils import JobStatus
 from hydra.plugins.sweeper import Sweeper
 from omegaconf import DictConfig, OmegaConf
 
+from hydra_plugins.sr_sweeper.validating_sweeper import failure_reason
 from sweeper.optuna_report import PRUNERS, SearchSpaceError, make_pruner, open_storage
 from sweeper.preflight import PreflightError, validate_config
 
@@ -107,7 +108,9 @@ class OptunaSweeper(Sweeper):
                  params: dict | None = None, enqueue: list | None = None) -> None:
         self.sampler_name, self.seed = sampler, seed
         self.directions = list(directions or ["maximize"])
-        self.objectives = list(objectives or ["test/*/clean/psnr"])
+        if not objectives:  # the default lives in conf/hydra/sweeper/optuna.yaml
+            raise SearchSpaceError("hydra.sweeper.objectives is empty; name at least one metric key or glob")
+        self.objectives = list(objectives)
         self.n_trials, self.n_jobs = int(n_trials), int(n_jobs)
         self.storage, self.study_name = storage, study_name
         self.max_failure_rate = float(max_failure_rate)
@@ -238,8 +241,7 @@ class OptunaSweeper(Sweeper):
 
     def outcome(self, ret) -> tuple[str, list[float], str | None]:
         if ret.status != JobStatus.COMPLETED:
-            err = ret._return_value
-            return "failed", [], f"{type(err).__name__}: {err}"[:500] if isinstance(err, BaseException) else str(err)
+            return "failed", [], failure_reason(ret)[:500]
         value = ret.return_value or {}
         if value.get("pruned_at") is not None:
             return "pruned", [], None

@@ -18,11 +18,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+# Hydra's grid expansion (sweep syntax, hydra.sweeper.params, batching): the one private
+# Hydra API this project still uses (hydra 1.3 has no public base class for it).
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobStatus
 from omegaconf import OmegaConf
 
+from hydra_plugins.sr_sweeper.launchers import job_error
 from sweeper.jobstate import MANIFEST, RESULTS, job_labels, read_json, record_failure, write_json
 from sweeper.naming import result_overrides
 from sweeper.preflight import PreflightError, validate_config
@@ -31,7 +34,7 @@ log = logging.getLogger(__name__)
 
 
 def failure_reason(ret) -> str:
-    err = ret._return_value
+    err = job_error(ret)
     return f"{type(err).__name__}: {err}" if isinstance(err, BaseException) else str(err)
 
 

@@ -1,20 +1,18 @@
-"""Super-resolution backbones with BasicSR-compatible parameter names and dropout sites."""
+"""Super-resolution backbones with BasicSR-compatible parameter names and regulariser sites.
+
+``BACKBONES`` maps a name to its class (filled by ``@register_backbone`` in each arch
+module imported here); ``build_model`` / ``check_model`` build / validate a network from
+plain data; ``load_model`` rebuilds one from a ``save_weights`` file.
+"""
 
 from __future__ import annotations
 
-from torch import nn
+from .backbone import BACKBONES, Backbone, register_backbone
+from .build import build_model, check_model
+from .checkpoint import load_model, load_weights, save_weights
+# Importing an arch module registers its backbone; error messages list them in this order.
+from .srresnet import SRResNet  # isort: skip
+from .rrdb import RRDBNet  # isort: skip
 
-from .rrdb import RRDBNet
-from .srresnet import SRResNet
-
-BACKBONES: dict[str, type[nn.Module]] = {"srresnet": SRResNet, "rrdb": RRDBNet}
-
-
-def build_model(name: str, **kwargs) -> nn.Module:
-    """Build a backbone by name, e.g. ``build_model("srresnet", dropout_position="last", dropout_p=0.7)``."""
-    if name not in BACKBONES:
-        raise ValueError(f"unknown backbone {name!r}; allowed: {', '.join(BACKBONES)}")
-    return BACKBONES[name](**kwargs)
-
-
-__all__ = ["BACKBONES", "build_model", "SRResNet", "RRDBNet"]
+__all__ = ["BACKBONES", "Backbone", "register_backbone", "build_model", "check_model", "load_model",
+           "load_weights", "save_weights", "SRResNet", "RRDBNet"]

@@ -2,6 +2,8 @@
 
 Accepted inputs: a BasicSR / official checkpoint (``params_ema`` preferred, else ``params``),
 this project's training checkpoint (``ema`` preferred, else ``model``), or a bare state dict.
+``save_weights`` adds ``model_args`` (plain data) to BasicSR's layout, so ``load_model``
+rebuilds the network from the file alone; BasicSR tools ignore the extra entry.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import torch
 from torch import nn
 
 from srcore.atomic import atomic_write
+
+from .build import build_model
 
 # Tried in this order when no key is given: EMA weights are what gets evaluated.
 PREFERRED_KEYS = ("params_ema", "params", "ema", "model")
@@ -51,19 +55,26 @@ def _select(ckpt, key: str | None, source: str) -> tuple[str | None, Mapping]:
                      f"state dict); keys present: {present}")
 
 
+def _read(path) -> tuple[str, Mapping]:
+    source = os.fspath(path)
+    if not os.path.isfile(source):
+        raise FileNotFoundError(f"checkpoint file not found: {source}")
+    try:
+        return source, torch.load(source, map_location="cpu", weights_only=True)
+    except Exception as e:  # weights_only refuses arbitrary pickled objects: say which file
+        raise ValueError(f"could not load checkpoint {source} (torch.load, weights_only=True): {e}") from e
+
+
 def load_weights(model: nn.Module, path_or_state, key: str | None = None, strict: bool = True) -> LoadedWeights:
     """Load weights into ``model`` from a file path or an already loaded checkpoint / state dict."""
     if isinstance(path_or_state, (str, os.PathLike)):
-        source = os.fspath(path_or_state)
-        if not os.path.isfile(source):
-            raise FileNotFoundError(f"checkpoint file not found: {source}")
-        try:
-            ckpt = torch.load(source, map_location="cpu", weights_only=True)
-        except Exception as e:  # weights_only refuses arbitrary pickled objects: say which file
-            raise ValueError(f"could not load checkpoint {source} (torch.load, weights_only=True): {e}") from e
+        source, ckpt = _read(path_or_state)
     else:
         source, ckpt = "checkpoint", path_or_state
+    return _load(model, ckpt, source, key, strict)
 
+
+def _load(model: nn.Module, ckpt, source: str, key: str | None, strict: bool) -> LoadedWeights:
     used, state = _select(ckpt, key, source)
     # DataParallel / DistributedDataParallel save their keys with a "module." prefix
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
@@ -82,15 +93,34 @@ def load_weights(model: nn.Module, path_or_state, key: str | None = None, strict
     return LoadedWeights(used, missing, unexpected)
 
 
+def load_model(path) -> nn.Module:
+    """The network a ``save_weights`` file describes, with its weights (EMA preferred), in eval mode."""
+    source, ckpt = _read(path)
+    if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get("model_args"), Mapping):
+        raise ValueError(f"{source} holds weights but no model_args (a BasicSR / official weights file?), so "
+                         "the network cannot be rebuilt from it: pass the backbone (and its num_feat / "
+                         "num_block), build it with srcore.models.build_model and use load_weights")
+    try:
+        model = build_model(**ckpt["model_args"])
+    except (TypeError, ValueError) as e:  # e.g. written by a version with other backbones
+        raise ValueError(f"{source}: its model_args do not build a network: {e}") from None
+    _load(model, ckpt, source, key=None, strict=True)
+    return model.eval()
+
+
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
     model = getattr(model, "module", model)  # unwrap DataParallel / DDP so keys stay BasicSR's
     return {k: v.detach().cpu() for k, v in model.state_dict().items()}
 
 
 def save_weights(model: nn.Module, path, ema_model: nn.Module | None = None) -> None:
-    """Write ``{"params": ..., "params_ema": ...}`` (BasicSR layout) atomically: a reader never sees
-    a half-written file, even if the process dies mid-save."""
+    """Write ``{"params": ..., "params_ema": ..., "model_args": ...}`` (BasicSR layout plus the
+    build arguments of a ``build_model`` network) atomically: a reader never sees a half-written
+    file, even if the process dies mid-save."""
     ckpt = {"params": _cpu_state(model)}
     if ema_model is not None:
         ckpt["params_ema"] = _cpu_state(ema_model)
+    model_args = getattr(getattr(model, "module", model), "model_args", None)
+    if model_args is not None:  # a network constructed without build_model has none
+        ckpt["model_args"] = model_args
     atomic_write(path, lambda f: torch.save(ckpt, f))

@@ -1,4 +1,4 @@
-"""RRDBNet (ESRGAN's generator) = BasicSR's ``RRDBNet``, with dropout sites.
+"""RRDBNet (ESRGAN's generator) = BasicSR's ``RRDBNet``, with regulariser sites.
 
 Parameter names, construction order and initialisation follow BasicSR (only the dense-block
 convs get the 0.1-scaled kaiming init; the rest keep PyTorch's default), so official
@@ -11,8 +11,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..dropout import DropoutSitesMixin
-from .srresnet import default_init_weights
+from ..regularizers.sites import site_names
+from .backbone import Backbone, register_backbone
+from .blocks import default_init_weights
 
 
 class ResidualDenseBlock(nn.Module):
@@ -41,45 +42,48 @@ class RRDB(nn.Module):
     """Residual in Residual Dense Block: rdb1-rdb2-rdb3-[site]-(*0.2)-+ (the inblock site sits
     on the residual branch, before the scaling and the add)."""
 
-    def __init__(self, num_feat: int, num_grow_ch: int = 32, site: nn.Module | None = None):
+    def __init__(self, num_feat: int, num_grow_ch: int = 32):
         super().__init__()
         self.rdb1 = ResidualDenseBlock(num_feat, num_grow_ch)
         self.rdb2 = ResidualDenseBlock(num_feat, num_grow_ch)
         self.rdb3 = ResidualDenseBlock(num_feat, num_grow_ch)
-        self.site = site if site is not None else nn.Identity()  # parameter-free: keys stay BasicSR's
+        self.site = nn.Identity()  # parameter-free: keys stay BasicSR's
 
     def forward(self, x):
         out = self.rdb3(self.rdb2(self.rdb1(x)))
         return self.site(out) * 0.2 + x
 
 
-class RRDBNet(DropoutSitesMixin, nn.Module):
+@register_backbone("rrdb")
+class RRDBNet(Backbone):
     """ESRGAN generator (BasicSR ``RRDBNet``), x4 / x2 / x1 (x2 and x1 pixel-unshuffle the input first).
 
-    Dropout sites (see ``srcore.dropout``): first, inblock<k>, b<k> (k = 1..num_block), up1, up2, hr, last.
+    Sites: first, inblock<k>, b<k> (k = 1..num_block), up1, up2, hr, last.
     """
 
+    SCALES = (1, 2, 4)
+
+    @classmethod
+    def site_names(cls, num_block: int, upscale: int) -> tuple[str, ...]:
+        return site_names(num_block, num_up=2)  # always the x4 tail
+
     def __init__(self, num_in_ch: int = 3, num_out_ch: int = 3, num_feat: int = 64, num_block: int = 23,
-                 num_grow_ch: int = 32, upscale: int = 4, dropout_position="none", dropout_p: float = 0.0,
-                 dropout_kind: str = "channel"):
+                 num_grow_ch: int = 32, upscale: int = 4):
         super().__init__()
-        if upscale not in (1, 2, 4):
-            raise ValueError(f"RRDBNet upscale={upscale!r} is not supported; allowed: 1, 2, 4")
+        self.check_scale(upscale)
         self.upscale = upscale
-        self._init_dropout(dropout_position, dropout_p, dropout_kind, num_block, num_up=2)
 
         # x2 / x1: trade resolution for channels so the fixed x4 tail gives the right size
         num_in_ch *= {4: 1, 2: 4, 1: 16}[upscale]
         self.conv_first = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1)
-        self.body = nn.Sequential(*(RRDB(num_feat, num_grow_ch, site=self.make_site(f"inblock{k}"))
-                                    for k in range(1, num_block + 1)))
+        self.body = nn.Sequential(*(RRDB(num_feat, num_grow_ch) for _ in range(num_block)))
         self.conv_body = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
         self.conv_up1 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
         self.conv_up2 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
         self.conv_hr = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
         self.conv_last = nn.Conv2d(num_feat, num_out_ch, 3, 1, 1)
         self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
-        self.sites = self.make_outer_sites()
+        self.init_sites(num_block, upscale)
 
     def forward(self, x):
         s = self.sites

@@ -1,4 +1,4 @@
-"""SRResNet = BasicSR's ``MSRResNet`` (residual blocks without BN), with dropout sites.
+"""SRResNet = BasicSR's ``MSRResNet`` (residual blocks without BN), with regulariser sites.
 
 Parameter names, construction order and initialisation follow BasicSR, so official
 BasicSR checkpoints load without renaming (and a fixed seed gives the same initial weights).
@@ -6,63 +6,35 @@ BasicSR checkpoints load without renaming (and a fixed seed gives the same initi
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 from torch.nn import functional as F
-from torch.nn import init
 
-from ..dropout import DropoutSitesMixin
-
-
-@torch.no_grad()
-def default_init_weights(modules, scale: float = 1.0, bias_fill: float = 0.0) -> None:
-    """BasicSR's init: kaiming_normal_, weights scaled by ``scale`` (small residuals), constant bias."""
-    for module in modules if isinstance(modules, (list, tuple)) else [modules]:
-        for m in module.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                init.kaiming_normal_(m.weight)
-                m.weight.mul_(scale)
-                if m.bias is not None:
-                    m.bias.fill_(bias_fill)
+from ..regularizers.sites import site_names
+from .backbone import Backbone, register_backbone
+from .blocks import ResidualBlockNoBN, default_init_weights
 
 
-class ResidualBlockNoBN(nn.Module):
-    """---conv-ReLU-conv-[site]-(*res_scale)-+---   (BasicSR's ResidualBlockNoBN plus an inblock site)
-       |______________________________________|
-    """
-
-    def __init__(self, num_feat: int = 64, res_scale: float = 1.0, site: nn.Module | None = None):
-        super().__init__()
-        self.res_scale = res_scale
-        self.conv1 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
-        self.conv2 = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
-        self.relu = nn.ReLU(inplace=True)
-        # Parameter-free, and not in an nn.Sequential, so the conv keys keep their names.
-        self.site = site if site is not None else nn.Identity()
-        default_init_weights([self.conv1, self.conv2], 0.1)
-
-    def forward(self, x):
-        return x + self.site(self.conv2(self.relu(self.conv1(x)))) * self.res_scale
-
-
-class SRResNet(DropoutSitesMixin, nn.Module):
+@register_backbone("srresnet")
+class SRResNet(Backbone):
     """Modified SRResNet (BasicSR ``MSRResNet``), x2 / x3 / x4.
 
-    Dropout sites (see ``srcore.dropout``): first, inblock<k>, b<k> (k = 1..num_block), up1, up2
-    (x4 only), hr, last.
+    Sites: first, inblock<k>, b<k> (k = 1..num_block), up1, up2 (x4 only), hr, last.
     """
 
+    SCALES = (2, 3, 4)
+
+    @classmethod
+    def site_names(cls, num_block: int, upscale: int) -> tuple[str, ...]:
+        return site_names(num_block, num_up=2 if upscale == 4 else 1)  # x4: two x2 pixel-shuffle stages
+
     def __init__(self, num_in_ch: int = 3, num_out_ch: int = 3, num_feat: int = 64, num_block: int = 16,
-                 upscale: int = 4, dropout_position="none", dropout_p: float = 0.0, dropout_kind: str = "channel"):
+                 upscale: int = 4):
         super().__init__()
-        if upscale not in (2, 3, 4):
-            raise ValueError(f"SRResNet upscale={upscale!r} is not supported; allowed: 2, 3, 4")
+        self.check_scale(upscale)
         self.upscale = upscale
-        self._init_dropout(dropout_position, dropout_p, dropout_kind, num_block, num_up=2 if upscale == 4 else 1)
 
         self.conv_first = nn.Conv2d(num_in_ch, num_feat, 3, 1, 1)
-        self.body = nn.Sequential(*(ResidualBlockNoBN(num_feat, site=self.make_site(f"inblock{k}"))
-                                    for k in range(1, num_block + 1)))
+        self.body = nn.Sequential(*(ResidualBlockNoBN(num_feat) for _ in range(num_block)))
         # upsampling: one x2 / x3 pixel-shuffle stage, or two x2 stages for x4
         if upscale == 4:
             self.upconv1 = nn.Conv2d(num_feat, num_feat * 4, 3, 1, 1)
@@ -74,7 +46,7 @@ class SRResNet(DropoutSitesMixin, nn.Module):
         self.conv_hr = nn.Conv2d(num_feat, num_feat, 3, 1, 1)
         self.conv_last = nn.Conv2d(num_feat, num_out_ch, 3, 1, 1)
         self.lrelu = nn.LeakyReLU(negative_slope=0.1, inplace=True)
-        self.sites = self.make_outer_sites()
+        self.init_sites(num_block, upscale)
 
         # same order as BasicSR, so a given seed yields the same weights
         default_init_weights([self.conv_first, self.upconv1, self.conv_hr, self.conv_last], 0.1)

@@ -1,4 +1,4 @@
-"""Batched random blur kernels (Real-ESRGAN / BasicSR formulas) and per-sample filtering.
+"""Batched random blur kernels (Real-ESRGAN / BasicSR formulas).
 
 All kernels are built on a ``pad_to`` x ``pad_to`` grid (21 by default) centred on the middle
 pixel; a kernel of odd ``size`` < ``pad_to`` is zero outside its central ``size`` x ``size``
@@ -19,29 +19,18 @@ Random draws come from a ``torch.Generator`` on that generator's device. Every p
 for every sample whether it is used or not, so a call always consumes the same amount of the
 stream for a given ``n`` (changing a probability never shifts later draws).
 
-Filtering (``filter2d``, ``sep_filter2d``) correlates sample i with kernel i with reflect-101
-borders (OpenCV's default, PyTorch's ``reflect`` padding), i.e. BasicSR's ``filter2D``. On CPU it
-calls OpenCV per image plane, spread over ``torch.get_num_threads()`` worker threads, with
-each kernel cropped to its non-zero support and separable kernels applied as two 1-D passes
-(measured on 2 cores, 16x3x400x400 with 21x21 kernels: ~0.05 s, against ~0.25 s for a
-grouped convolution and ~0.35 s for an FFT convolution in PyTorch); elsewhere (CUDA) it is one
-grouped convolution. Both give the same result up to float rounding (tested).
+The kernels are applied by ``srcore.degrade.filtering``.
 """
 from __future__ import annotations
 
 import math
-import os
-import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 KERNEL_TYPES = ("iso", "aniso", "generalized_iso", "generalized_aniso", "plateau_iso", "plateau_aniso")
-KERNEL_SIZES = tuple(range(7, 22, 2))
-PAPER_KERNEL_PROB = (0.45, 0.25, 0.12, 0.03, 0.12, 0.03)
+KERNEL_SIZES = tuple(range(7, 22, 2))  # Real-ESRGAN's odd kernel sizes, zero-padded to 21
+ROTATION_RANGE = (-math.pi, math.pi)  # of anisotropic kernels
 
 
 # --------------------------------------------------------------------------------------------
@@ -134,10 +123,6 @@ def pulse_kernels(n: int, pad_to: int = 21, device=None) -> torch.Tensor:
 # --------------------------------------------------------------------------------------------
 # random parameters and kernels
 # --------------------------------------------------------------------------------------------
-def _rand(n: int, g: torch.Generator) -> torch.Tensor:
-    return torch.rand(n, generator=g, device=g.device, dtype=torch.float64)
-
-
 def _choice(u: torch.Tensor, probs: Sequence[float]) -> torch.Tensor:
     """Index i with probability probs[i], from uniforms u (inverse CDF)."""
     p = torch.tensor([float(x) for x in probs], dtype=torch.float64, device=u.device)
@@ -159,11 +144,12 @@ def _beta_from(u_branch: torch.Tensor, u_val: torch.Tensor, beta_range: Sequence
     return torch.where(u_branch < 0.5, a, b)
 
 
-def sample_kernel_params(n: int, g: torch.Generator, kernel_list: Sequence[str] = KERNEL_TYPES,
-                         kernel_prob: Sequence[float] = PAPER_KERNEL_PROB, sigma_range=(0.2, 3.0),
-                         rotation_range=(-math.pi, math.pi), betag_range=(0.5, 4.0), betap_range=(1.0, 2.0),
-                         sinc_prob: float = 0.0, sizes: Sequence[int] = KERNEL_SIZES) -> dict:
-    """Per-sample parameters of Real-ESRGAN's random blur kernels, on ``g.device``.
+def sample_kernel_params(n: int, g: torch.Generator, kernel_list: Sequence[str], kernel_prob: Sequence[float], *,
+                         sigma_range, betag_range, betap_range, sinc_prob: float = 0.0,
+                         rotation_range=ROTATION_RANGE, sizes: Sequence[int] = KERNEL_SIZES) -> dict:
+    """Per-sample parameters of Real-ESRGAN's random blur kernels, on ``g.device``: the type by
+    ``kernel_prob``, sigmas in ``sigma_range``, shape betas in ``betag_range`` (generalized) /
+    ``betap_range`` (plateau), a sinc instead with probability ``sinc_prob``.
 
     Returns a dict of (n,) tensors: ``type`` (index into ``KERNEL_TYPES``), ``size`` (odd),
     ``sigma_x``, ``sigma_y``, ``theta``, ``beta`` (1 for the Gaussian types), ``sinc`` (bool: a
@@ -209,19 +195,19 @@ def kernels_from_params(p: dict, pad_to: int = 21, device=None) -> torch.Tensor:
     return k
 
 
-def random_mixed_kernels(n: int, g: torch.Generator, kernel_list: Sequence[str] = KERNEL_TYPES,
-                         kernel_prob: Sequence[float] = PAPER_KERNEL_PROB, sigma_range=(0.2, 3.0),
-                         rotation_range=(-math.pi, math.pi), betag_range=(0.5, 4.0), betap_range=(1.0, 2.0),
-                         sizes: Sequence[int] = KERNEL_SIZES, pad_to: int = 21, sinc_prob: float = 0.0) -> torch.Tensor:
+def random_mixed_kernels(n: int, g: torch.Generator, kernel_list: Sequence[str], kernel_prob: Sequence[float], *,
+                         sigma_range, betag_range, betap_range, sinc_prob: float = 0.0,
+                         rotation_range=ROTATION_RANGE, sizes: Sequence[int] = KERNEL_SIZES,
+                         pad_to: int = 21) -> torch.Tensor:
     """n random mixed kernels (type by ``kernel_prob``, random odd size from ``sizes`` zero-padded
     to ``pad_to``); with ``sinc_prob`` > 0 a sinc kernel replaces a sample's kernel with that
     probability (Real-ESRGAN's first/second-stage kernels). (n, pad_to, pad_to) on ``g.device``."""
-    p = sample_kernel_params(n, g, kernel_list, kernel_prob, sigma_range, rotation_range, betag_range,
-                             betap_range, sinc_prob, sizes)
+    p = sample_kernel_params(n, g, kernel_list, kernel_prob, sigma_range=sigma_range, betag_range=betag_range,
+                             betap_range=betap_range, sinc_prob=sinc_prob, rotation_range=rotation_range, sizes=sizes)
     return kernels_from_params(p, pad_to)
 
 
-def sample_final_sinc_params(n: int, g: torch.Generator, prob: float = 0.8, sizes: Sequence[int] = KERNEL_SIZES,
+def sample_final_sinc_params(n: int, g: torch.Generator, prob: float, sizes: Sequence[int] = KERNEL_SIZES,
                              omega_range=(math.pi / 3, math.pi)) -> dict:
     """Real-ESRGAN's final sinc filter, per sample: ``on`` (bool, prob ``prob``; off = identity),
     ``size`` (odd, from ``sizes``) and ``omega`` (U[omega_range])."""
@@ -240,141 +226,3 @@ def final_sinc_kernels(p: dict, pad_to: int = 21, device=None) -> torch.Tensor:
     if bool(p["on"].any()):
         k = torch.where(p["on"][:, None, None], sinc_kernels(p["omega"], p["size"], pad_to), k)
     return k
-
-
-# --------------------------------------------------------------------------------------------
-# filtering
-# --------------------------------------------------------------------------------------------
-def reflect_pad(x: torch.Tensor, pad: int | tuple[int, int]) -> torch.Tensor:
-    """Reflect-101 padding of the last two dims by (ph, pw), for any image size >= 1."""
-    ph, pw = (pad, pad) if isinstance(pad, int) else pad
-    h, w = x.shape[-2:]
-    if ph < h and pw < w:
-        return F.pad(x, (pw, pw, ph, ph), mode="reflect")
-
-    def idx(n: int, p: int) -> torch.Tensor:
-        i = torch.arange(-p, n + p, device=x.device)
-        if n == 1:
-            return torch.zeros_like(i)
-        period = 2 * n - 2
-        i = i.remainder(period)
-        return torch.where(i >= n, period - i, i)
-
-    return x.index_select(-2, idx(h, ph)).index_select(-1, idx(w, pw))
-
-
-def _support(k: np.ndarray) -> int:
-    """Half-width of the smallest centred square window holding every non-zero tap."""
-    c = k.shape[-1] // 2
-    nz = np.nonzero(k)
-    if len(nz[0]) == 0:
-        return 0
-    return int(max(np.abs(nz[0] - c).max(), np.abs(nz[1] - c).max()))
-
-
-_POOL: dict = {}
-_POOL_LOCK = threading.Lock()
-
-
-def cpu_map(fn, items) -> list:
-    """``[fn(i) for i in items]``, spread over ``torch.get_num_threads()`` threads (OpenCV and
-    NumPy release the GIL, and OpenCV runs these small filters on one thread). The results do
-    not depend on the number of threads."""
-    items = list(items)
-    workers = max(1, min(torch.get_num_threads(), len(items)))
-    if workers == 1:
-        return [fn(i) for i in items]
-    key = (os.getpid(), workers)  # a pool does not survive a fork
-    with _POOL_LOCK:
-        if key not in _POOL:
-            for (pid, _), old in list(_POOL.items()):
-                if pid == os.getpid():
-                    old.shutdown(wait=False)
-            _POOL.clear()
-            _POOL[key] = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="srcore-cpu")
-        pool = _POOL[key]
-    return list(pool.map(fn, items))
-
-
-def _use_cv2(x: torch.Tensor, backend: str) -> bool:
-    if backend not in ("auto", "cv2", "torch"):
-        raise ValueError(f"backend={backend!r}; allowed: auto, cv2, torch")
-    return backend == "cv2" or (backend == "auto" and x.device.type == "cpu" and not x.requires_grad)
-
-
-def _as_numpy(x: torch.Tensor) -> np.ndarray:
-    return x.detach().to("cpu", torch.float32).contiguous().numpy()
-
-
-def _separable(k: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """(column kernel, row kernel) if k (summing to 1) is an outer product, else None."""
-    a, b = k.sum(axis=1), k.sum(axis=0)
-    if np.abs(k - np.outer(a, b)).max() <= 1e-7 * np.abs(k).max():
-        return a.reshape(-1, 1).astype(np.float32), b.reshape(-1, 1).astype(np.float32)
-    return None
-
-
-def filter2d(x: torch.Tensor, kernels: torch.Tensor, backend: str = "auto") -> torch.Tensor:
-    """Correlate sample i of x (N, C, H, W) with kernels[i] ((N, k, k) or one (k, k) kernel for all),
-    reflect-101 borders, odd k. ``backend``: "auto" (OpenCV on CPU, grouped conv elsewhere),
-    "cv2" or "torch". The kernels are expected to sum to 1 (only used to detect separable ones,
-    which OpenCV then applies as two 1-D passes)."""
-    n, c, h, w = x.shape
-    if kernels.dim() == 2:
-        kernels = kernels.expand(n, *kernels.shape)
-    if kernels.shape[0] != n or kernels.shape[-1] % 2 == 0 or kernels.shape[-1] != kernels.shape[-2]:
-        raise ValueError(f"kernels {tuple(kernels.shape)} do not fit a batch of {n} (odd square kernels)")
-    if _use_cv2(x, backend):
-        import cv2
-
-        xn = _as_numpy(x)
-        kn = kernels.detach().to("cpu", torch.float64).numpy()
-        out = np.empty_like(xn)
-        ctr = kn.shape[-1] // 2
-
-        def one(i: int) -> None:
-            r = _support(kn[i])
-            ki = kn[i, ctr - r:ctr + r + 1, ctr - r:ctr + r + 1]
-            if r == 0:
-                np.multiply(xn[i], np.float32(ki[0, 0]), out=out[i])
-                return
-            sep = _separable(ki) if abs(ki.sum() - 1) < 1e-6 else None
-            k32 = np.ascontiguousarray(ki, dtype=np.float32)
-            for ch in range(c):
-                if sep is not None:
-                    cv2.sepFilter2D(xn[i, ch], -1, sep[1], sep[0], dst=out[i, ch], borderType=cv2.BORDER_REFLECT_101)
-                else:
-                    cv2.filter2D(xn[i, ch], -1, k32, dst=out[i, ch], borderType=cv2.BORDER_REFLECT_101)
-
-        cpu_map(one, range(n))
-        return torch.from_numpy(out).to(device=x.device, dtype=x.dtype)
-    k = kernels.shape[-1]
-    xp = reflect_pad(x.reshape(1, n * c, h, w), k // 2)
-    weight = kernels.to(x.dtype).repeat_interleave(c, dim=0)[:, None]
-    return F.conv2d(xp, weight, groups=n * c).reshape(n, c, h, w)
-
-
-def sep_filter2d(x: torch.Tensor, kernel_1d: torch.Tensor, backend: str = "auto") -> torch.Tensor:
-    """Filter every plane of x with the separable kernel outer(k, k) (one 1-D odd kernel for the
-    whole batch), reflect-101 borders: what ``cv2.GaussianBlur`` / ``cv2.sepFilter2D`` do."""
-    n, c, h, w = x.shape
-    k = kernel_1d.reshape(-1)
-    if _use_cv2(x, backend):
-        import cv2
-
-        xn = _as_numpy(x)
-        kn = k.detach().to("cpu", torch.float32).numpy().reshape(-1, 1)
-        out = np.empty_like(xn)
-
-        def one(i: int) -> None:
-            for ch in range(c):
-                cv2.sepFilter2D(xn[i, ch], -1, kn, kn, dst=out[i, ch], borderType=cv2.BORDER_REFLECT_101)
-
-        cpu_map(one, range(n))
-        return torch.from_numpy(out).to(device=x.device, dtype=x.dtype)
-    p = k.numel() // 2
-    xp = reflect_pad(x.reshape(1, n * c, h, w), p)
-    kk = k.to(device=x.device, dtype=x.dtype)
-    y = F.conv2d(xp, kk.view(1, 1, 1, -1).expand(n * c, 1, 1, -1), groups=n * c)
-    y = F.conv2d(y, kk.view(1, 1, -1, 1).expand(n * c, 1, -1, 1), groups=n * c)
-    return y.reshape(n, c, h, w)

@@ -16,24 +16,30 @@ with any subset of {blur, noise, jpeg} switched on (``clean`` = bicubic only):
   **truncated** to uint8 with ``astype`` (as the official script does; not
   rounded);
 - jpeg: Pillow JPEG encode at quality 50 (other options at Pillow's
-  defaults), decoded back to RGB uint8, all in memory.
+  defaults), decoded back to RGB uint8, all in memory
+  (:func:`srcore.imageio.jpeg_roundtrip`).
 
 The official script seeds nothing; here the noise is reproducible: use
 :func:`noise_seed` to get one seed per (test set, image, degradation) so every
 model, in every process, is scored on the very same noisy LR image.
 
 Callers should :func:`mod_crop` the HR first, so that ``LR * scale == HR``
-shape and the metrics compare aligned images.
+shape and the metrics compare aligned images. :class:`PaperSuite` does all
+of this for whole test sets: it is the suite ``srcore.evaluation.scoring``
+scores for the paper's tables.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
+from collections.abc import Iterator
 
 import cv2
 import numpy as np
 from PIL import Image
+
+from srcore.evaluation.suite import EvalCase, Suite
+from srcore.imageio import jpeg_roundtrip
 
 TEST_DEGRADATIONS = (
     "clean",
@@ -115,14 +121,6 @@ def noise_seed(set_name: str, image_name: str, degradation: str, base_seed: int 
     return int.from_bytes(hashlib.sha256(key).digest()[:8], "big")
 
 
-def _jpeg_roundtrip(img: np.ndarray, quality: int) -> np.ndarray:
-    buf = io.BytesIO()
-    Image.fromarray(img).save(buf, format="JPEG", quality=quality)
-    buf.seek(0)
-    with Image.open(buf) as im:
-        return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-
-
 def make_test_lr(hr: np.ndarray, degradation: str, scale: int = 4, seed: int = 0) -> np.ndarray:
     """Degraded LR test image (uint8 ``(h // scale, w // scale, 3)``) from a uint8 RGB HR.
 
@@ -155,6 +153,24 @@ def make_test_lr(hr: np.ndarray, degradation: str, scale: int = 4, seed: int = 0
         lr = (np.clip(noisy, 0.0, 1.0) * 255.0).astype(np.uint8)
 
     if jpeg:
-        lr = _jpeg_roundtrip(np.ascontiguousarray(lr), JPEG_QUALITY)
+        lr = jpeg_roundtrip(np.ascontiguousarray(lr), JPEG_QUALITY)
 
     return np.ascontiguousarray(lr)
+
+
+class PaperSuite(Suite):
+    """The paper's test protocol as a suite: every image of every test set (``{set: [(name,
+    HxWx3 uint8 HR)]}``), :func:`mod_crop`-ped, under each of ``degradations`` (in that order),
+    with the noise seeded by :func:`noise_seed` from ``base_seed``."""
+
+    def __init__(self, test_sets: dict[str, list[tuple[str, np.ndarray]]], degradations: list[str], scale: int,
+                 base_seed: int = 0):
+        self.test_sets, self.degradations, self.scale, self.base_seed = test_sets, degradations, scale, base_seed
+
+    def __iter__(self) -> Iterator[EvalCase]:
+        for set_name, images in self.test_sets.items():
+            for image_name, hr in images:
+                hr = mod_crop(hr, self.scale)
+                for deg in self.degradations:
+                    seed = noise_seed(set_name, image_name, deg, self.base_seed)
+                    yield EvalCase(set_name, image_name, deg, make_test_lr(hr, deg, self.scale, seed=seed), hr)

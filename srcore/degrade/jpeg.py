@@ -28,16 +28,21 @@ the two decoded images; isolated pixels differ by up to ~25 levels at low qualit
 coefficient). tests/test_jpeg.py asserts mean |difference| < 0.6 levels and PSNR > 46 dB.
 The quantisation tables are identical to Pillow's.
 
-``jpeg_compress(..., backend="cv2")`` (used by the training pipeline on CPU, via "auto") runs
-the real libjpeg-turbo codec through OpenCV instead, one image per worker thread; its output is
-bit-identical to Pillow's (tested).
+``jpeg_compress(..., backend="cv2")`` (the CPU path of ``srcore.degrade.cpu``, which the training
+pipeline takes on CPU via "auto") runs the real libjpeg-turbo codec instead, one image per worker
+thread, through ``srcore.imageio.jpeg_roundtrip``: the very JPEG of the test protocol.
 """
 from __future__ import annotations
 
 import math
 
+import cv2
+import numpy as np
 import torch
 import torch.nn.functional as F
+
+from srcore.degrade.cpu import BACKENDS, as_numpy, cpu_map
+from srcore.imageio import jpeg_roundtrip
 
 # Annex K tables in natural (row-major: vertical frequency, horizontal frequency) order.
 LUMA_TABLE = (
@@ -133,12 +138,12 @@ def jpeg_compress(x: torch.Tensor, quality, backend: str = "torch") -> torch.Ten
     ``quality`` ((N,) tensor, or one int for all) in [1, 100]; returns 8-bit levels in [0, 1]
     with x's shape, dtype and device.
 
-    ``backend``: "torch" (this module's batched codec, any device), "cv2" (libjpeg-turbo through
-    OpenCV, per image in worker threads; CPU only; bit-identical to Pillow's output) or "auto"
-    (cv2 for CPU tensors, torch elsewhere)."""
+    ``backend``: "torch" (this module's batched codec, any device), "cv2" (libjpeg-turbo, per
+    image in worker threads: ``srcore.imageio.jpeg_roundtrip``, Pillow's output) or "auto" (cv2
+    for CPU tensors, torch elsewhere)."""
     if x.dim() != 4 or x.shape[1] != 3:
         raise ValueError(f"jpeg_compress expects (N, 3, H, W) RGB, got {tuple(x.shape)}")
-    if backend not in ("torch", "cv2", "auto"):
+    if backend not in BACKENDS:
         raise ValueError(f"backend={backend!r}; allowed: torch, cv2, auto")
     n, _, h, w = x.shape
     q = torch.as_tensor(quality, device=x.device)
@@ -147,7 +152,7 @@ def jpeg_compress(x: torch.Tensor, quality, backend: str = "torch") -> torch.Ten
     if q.shape[0] != n:
         raise ValueError(f"quality has {q.shape[0]} entries for a batch of {n}")
     if backend == "cv2" or (backend == "auto" and x.device.type == "cpu"):
-        return _jpeg_libjpeg(x, q)
+        return _jpeg_per_image(x, q)
     tables = quant_tables(q)
     dtype = torch.float32 if x.dtype != torch.float64 else torch.float64
     rgb = x.detach().to(dtype).clamp(0, 1).mul_(255).round_()
@@ -165,25 +170,18 @@ def jpeg_compress(x: torch.Tensor, quality, backend: str = "torch") -> torch.Ten
     return out.round_().clamp_(0, 255).div_(255).to(x.dtype)
 
 
-def _jpeg_libjpeg(x: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
-    """The real codec (OpenCV's libjpeg-turbo, 4:2:0, as Pillow), one image per worker thread."""
-    import cv2
-    import numpy as np
-
-    from srcore.kernels import cpu_map
-
-    xn = x.detach().to("cpu", torch.float32).contiguous().numpy()
+def _jpeg_per_image(x: torch.Tensor, quality: torch.Tensor) -> torch.Tensor:
+    """The real codec (``jpeg_roundtrip``), one image per worker thread."""
+    xn = as_numpy(x)
     qs = [int(v) for v in quality.round().clamp(1, 100).tolist()]
     out = np.empty_like(xn)
 
     def one(i: int) -> None:
-        # 8-bit levels (round half to even, as torch.round), BGR interleaved as OpenCV expects
-        u8 = [cv2.convertScaleAbs(np.clip(xn[i, ch], 0, 1), alpha=255) for ch in range(3)]
-        ok, buf = cv2.imencode(".jpg", cv2.merge(u8[::-1]), [cv2.IMWRITE_JPEG_QUALITY, qs[i]])
-        if not ok:
-            raise RuntimeError("JPEG encoding failed")
-        for ch, plane in enumerate(cv2.split(cv2.imdecode(buf, cv2.IMREAD_COLOR))[::-1]):
-            np.divide(plane, np.float32(255), out=out[i, ch])
+        # 8-bit levels, rounding half to even as torch.round does
+        rgb = cv2.merge([cv2.convertScaleAbs(np.clip(xn[i, ch], 0, 1), alpha=255) for ch in range(3)])
+        decoded = jpeg_roundtrip(rgb, qs[i])
+        for ch in range(3):
+            np.divide(decoded[:, :, ch], np.float32(255), out=out[i, ch])
 
     cpu_map(one, range(xn.shape[0]))
     return torch.from_numpy(out).to(device=x.device, dtype=x.dtype)
