@@ -84,6 +84,20 @@ def check_image_source(spec: str) -> None:
     list_images(folder)  # raises when the folder holds no images
 
 
+def image_sizes(spec: str, max_images: int | None = None) -> list[tuple[str, tuple[int, int]]]:
+    """(name, (height, width)) of the images of a folder source, from their headers only (fast:
+    nothing is decoded); the built-in photographs are all larger than any check needs: []."""
+    if spec == BUILTIN:
+        return []
+    from PIL import Image
+
+    sizes = []
+    for path in list_images(Path(spec))[:max_images]:
+        with Image.open(path) as im:
+            sizes.append((path.name, (im.height, im.width)))
+    return sizes
+
+
 def load_images(spec: str, split: str, max_images: int | None = None) -> list[tuple[str, np.ndarray]]:
     """All images of a source ('builtin' or a folder) as (name, HxWx3 uint8), sorted by name."""
     if spec == BUILTIN:

@@ -6,7 +6,6 @@ only orders the steps and records in ``status.json`` how they went.
 """
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import time
@@ -20,7 +19,7 @@ from srcore.evaluation import evaluate
 from srcore.models.checkpoint import save_weights
 from srcore.train import Interrupted, train
 from sweeper import build
-from sweeper.jobstate import RESULTS, JobStatus, where, write_json
+from sweeper.jobstate import RESULTS, JobStatus, read_results, where, write_json
 from sweeper.optuna_report import Pruned
 from sweeper.preemption import StopRequest
 from sweeper.preflight import validate_config
@@ -39,12 +38,13 @@ def run_job(cfg: DictConfig, job_dir: Path, job_name: str, tags: list[str]) -> d
     ``sweeper.preemption``); any other failure is written down with its reason and
     re-raised, so the sweep goes on with the other jobs and reports this one."""
     job_dir = Path(job_dir)
-    results_path = job_dir / RESULTS
-    if results_path.exists():
-        log.info("%s: finished earlier, skipping (delete %s to rerun)", job_name, results_path)
-        return json.loads(results_path.read_text())["metrics"]
+    done = read_results(job_dir)
+    if done is not None:
+        log.info("%s: finished earlier, skipping (delete %s to rerun)", job_name, job_dir / RESULTS)
+        return done["metrics"]
     validate_config(cfg)
     job_dir.mkdir(parents=True, exist_ok=True)
+    remove_partial_writes(job_dir)
     status = JobStatus(job_dir, job_name, cfg.train.iterations, overrides=tags)
     with StopRequest() as stop:
         try:
@@ -59,6 +59,17 @@ def run_job(cfg: DictConfig, job_dir: Path, job_name: str, tags: list[str]) -> d
             status.write(state="failed", reason=f"{type(e).__name__}: {e}"[:500],
                          traceback=traceback.format_exc()[-4000:])
             raise
+
+
+def remove_partial_writes(job_dir: Path) -> None:
+    """Temporary files of atomic writes that a killed attempt left behind (``srcore.atomic``:
+    ``.<name>.<random>.tmp``, up to a checkpoint's size each). The job is the only writer of its
+    folder, so at its start any such file is garbage."""
+    stale = [p for p in (*job_dir.glob(".*.tmp"), *job_dir.glob("*/.*.tmp")) if p.is_file()]
+    for path in stale:
+        path.unlink(missing_ok=True)
+    if stale:
+        log.info("removed %d partial write(s) of an earlier attempt: %s", len(stale), ", ".join(p.name for p in stale))
 
 
 def _train_and_evaluate(cfg: DictConfig, job_dir: Path, job_name: str, tags: list[str], status: JobStatus,

@@ -34,6 +34,19 @@ def read_json(path: Path) -> dict | None:
         return None
 
 
+def read_results(job_dir: Path) -> dict | None:
+    """The job's ``results.json`` if it is complete (a JSON object with its metrics), else None:
+    only a complete file marks a job done; a truncated or empty one is a job to run again."""
+    results = read_json(Path(job_dir) / RESULTS)
+    if not isinstance(results, dict) or not isinstance(results.get("metrics"), dict) or not results["metrics"]:
+        return None
+    return results
+
+
+def is_done(job_dir: Path) -> bool:
+    return read_results(job_dir) is not None
+
+
 def write_json(path: Path, data: dict) -> None:
     atomic_write(Path(path), lambda f: json.dump(data, f, indent=1), mode="w")
 
@@ -81,7 +94,7 @@ def record_failure(job_dir: Path, reason: str) -> None:
     """Mark a job failed from outside it (the launcher saw its process die)."""
     path = Path(job_dir) / STATUS
     data = read_json(path) or {}
-    if data.get("state") == "failed" or (Path(job_dir) / RESULTS).exists():
+    if data.get("state") == "failed" or is_done(job_dir):
         return
     Path(job_dir).mkdir(parents=True, exist_ok=True)
     write_json(path, {**data, "state": "failed", "reason": reason, "updated": time.time()})
@@ -111,7 +124,7 @@ def process_alive(status: dict) -> bool | None:
 def job_state(job_dir: Path) -> tuple[str, dict]:
     """(state, details) of one job folder, reading what the job left behind."""
     job_dir = Path(job_dir)
-    results = read_json(job_dir / RESULTS)
+    results = read_results(job_dir)
     status = read_json(job_dir / STATUS) or {}
     if results is not None:
         return "done", {**status, "results": results}

@@ -4,9 +4,11 @@ Every message names the offending key and value and what is allowed.
 """
 from __future__ import annotations
 
-from omegaconf import DictConfig, OmegaConf
+import math
 
-from srcore.data import check_image_source
+from omegaconf import DictConfig
+
+from srcore.data import check_image_source, image_sizes
 from srcore.degrade import validate_degradation
 from srcore.evaluation import TEST_DEGRADATIONS
 from srcore.models import check_model
@@ -36,13 +38,13 @@ def validate_config(cfg: DictConfig) -> None:
 
 def _validate(cfg: DictConfig) -> None:
     _validate_model(cfg)
+    _validate_train(cfg)
     name, params = build.degradation_params(cfg)
     validate_degradation(name, params)
     gt_size = cfg.degradation.get("gt_size")
     if gt_size is not None and (not isinstance(gt_size, int) or gt_size < cfg.train.patch_size * cfg.scale):
         raise PreflightError(f"degradation.gt_size={gt_size!r} must be an integer >= the HR patch "
                              f"(train.patch_size * scale = {cfg.train.patch_size * cfg.scale})")
-    _validate_train(cfg)
     _validate_data(cfg)
     unknown = [d for d in cfg.eval.degradations if d not in TEST_DEGRADATIONS]
     if unknown:
@@ -57,16 +59,52 @@ def _validate_model(cfg: DictConfig) -> None:
     check_model(**build.model_args(cfg))
 
 
+def _number(name: str, value, low: float, high: float = math.inf, low_open: bool = False,
+            high_open: bool = True) -> None:
+    """A finite real number in the interval, else one line naming the key and the interval."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    ok = ok and (value > low if low_open else value >= low) and (value < high if high_open else value <= high)
+    if not ok:
+        interval = f"{'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+        raise PreflightError(f"{name}={value!r} must be a number in {interval}")
+
+
 def _validate_train(cfg: DictConfig) -> None:
     t = cfg.train
     for key in ("iterations", "batch_size", "patch_size", "log_every", "val_every", "ckpt_every"):
         _positive_int(f"train.{key}", t[key])
-    if len(t.scheduler.periods) != len(t.scheduler.restart_weights):
-        raise PreflightError(f"train.scheduler.periods={list(t.scheduler.periods)} and restart_weights="
-                             f"{list(t.scheduler.restart_weights)} must have the same length")
-    if not 0 <= t.ema_decay < 1:
-        raise PreflightError(f"train.ema_decay={t.ema_decay} must be in [0, 1)")
+    _number("train.lr", t.lr, 0, low_open=True)
+    if len(t.betas) != 2:
+        raise PreflightError(f"train.betas={list(t.betas)} must be two numbers in [0, 1)")
+    for k, beta in enumerate(t.betas):
+        _number(f"train.betas[{k}]", beta, 0, 1)
+    _number("train.weight_decay", t.weight_decay, 0)
+    _number("train.scheduler.eta_min", t.scheduler.eta_min, 0, t.lr, high_open=False)
+    _number("train.ema_decay", t.ema_decay, 0, 1)
+    _validate_schedule(t)
+    if t.get("threads") is not None:
+        _positive_int("train.threads", t.threads)
+    if not isinstance(cfg.data.num_workers, int) or cfg.data.num_workers < 0:
+        raise PreflightError(f"data.num_workers={cfg.data.num_workers!r} must be an integer >= 0")
     device = str(t.device)
+    _validate_device(device)
+
+
+def _validate_schedule(t) -> None:
+    periods, weights = list(t.scheduler.periods), list(t.scheduler.restart_weights)
+    if len(periods) != len(weights):
+        raise PreflightError(f"train.scheduler.periods={periods} and restart_weights={weights} must have the "
+                             "same length")
+    for k, period in enumerate(periods):
+        _positive_int(f"train.scheduler.periods[{k}]", period)
+    for k, weight in enumerate(weights):
+        _number(f"train.scheduler.restart_weights[{k}]", weight, 0, low_open=True)
+    if sum(periods) < t.iterations:
+        raise PreflightError(f"train.scheduler.periods={periods} cover {sum(periods)} iterations but "
+                             f"train.iterations={t.iterations}: the periods must cover the whole run")
+
+
+def _validate_device(device: str) -> None:
     if device.startswith("cuda"):
         import torch
         if not torch.cuda.is_available():
@@ -86,5 +124,18 @@ def _validate_data(cfg: DictConfig) -> None:
         raise PreflightError("data.test_sets is empty; name at least one test set (name: folder or 'builtin')")
     if data.val_set is not None and data.val_set not in data.test_sets:
         raise PreflightError(f"data.val_set={data.val_set!r} is not one of data.test_sets: {list(data.test_sets)}")
+    _validate_test_image_sizes(cfg)
+
+
+def _validate_test_image_sizes(cfg: DictConfig) -> None:
+    """Every test image must survive the protocol: cropped to a multiple of the scale, it keeps
+    an 11-px SSIM window inside the crop border (headers only: no image is decoded)."""
+    need = max(cfg.scale, 2 * cfg.eval.crop_border + 11)
+    for name, spec in cfg.data.test_sets.items():
+        for image, (h, w) in image_sizes(str(spec), cfg.eval.max_images):
+            if min(h - h % cfg.scale, w - w % cfg.scale) < need:
+                raise PreflightError(f"data.test_sets.{name}: image {image!r} is {w}x{h} px; the test protocol needs "
+                                     f"at least {need}x{need} (scale {cfg.scale}, crop border "
+                                     f"{cfg.eval.crop_border}, SSIM window 11): remove it or use another folder")
 
 

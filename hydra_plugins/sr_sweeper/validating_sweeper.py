@@ -26,7 +26,7 @@ from hydra.core.utils import JobStatus
 from omegaconf import OmegaConf
 
 from hydra_plugins.sr_sweeper.launchers import job_error
-from sweeper.jobstate import MANIFEST, RESULTS, job_labels, read_json, record_failure, write_json
+from sweeper.jobstate import MANIFEST, is_done, job_labels, read_json, record_failure, write_json
 from sweeper.naming import result_overrides
 from sweeper.preflight import PreflightError, validate_config
 
@@ -69,7 +69,7 @@ class ValidatingSweeper(BasicSweeper):
         write_json(sweep_dir / MANIFEST, {"sweep": str(self.config.get("sweep_name")), "updated": time.time(),
                                           "jobs": previous + new})
 
-        todo = [i for i, d in enumerate(job_dirs) if not (d / RESULTS).exists()]
+        todo = [i for i, d in enumerate(job_dirs) if not is_done(d)]
         if len(todo) < len(jobs):
             log.info("%d of %d jobs finished earlier; launching the other %d", len(jobs) - len(todo), len(jobs),
                      len(todo))
@@ -81,7 +81,7 @@ class ValidatingSweeper(BasicSweeper):
             results = self.launcher.launch([jobs[i] for i in batch], initial_job_idx=start)
             returns.append(results)
             for i, ret in zip(batch, results):
-                if ret.status == JobStatus.FAILED and (job_dirs[i] / RESULTS).exists():
+                if ret.status == JobStatus.FAILED and is_done(job_dirs[i]):
                     log.warning("job %s: its process ended badly after the job had finished; results kept",
                                 labels[i])
                 elif ret.status == JobStatus.FAILED:
