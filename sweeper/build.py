@@ -22,11 +22,9 @@ def plain(node):
 
 def regularizer_specs(cfg: DictConfig) -> list[dict]:
     """The regularisers a job trains with, as the plain dicts ``srcore.models.build_model`` takes:
-    dropout (``dropout.*``, the paper's axis), then each entry of ``regularizers`` in order."""
-    dropout = {"name": "dropout", "position": plain(cfg.dropout.position), "p": float(cfg.dropout.p),
-               "kind": cfg.dropout.kind}
-    others = [{"name": name, **(settings or {})} for name, settings in plain(cfg.get("regularizers") or {}).items()]
-    return [dropout, *others]
+    each entry of ``regularizers`` (filled by the ``regularizer`` group; dropout's settings are
+    the ``dropout.*`` keys), in the order selected."""
+    return [{"name": name, **(settings or {})} for name, settings in plain(cfg.regularizers).items()]
 
 
 def model_args(cfg: DictConfig) -> dict:

@@ -149,7 +149,7 @@ def conf_with_toys(tmp_path):
 
 
 def test_a_new_backbone_regulariser_and_degradation_compose_check_and_train(conf_with_toys, tmp_path):
-    overrides = [*TINY, "backbone=tinynet", "regularizer=[feature_decay]", "degradation=bicubic_noise",
+    overrides = [*TINY, "backbone=tinynet", "regularizer=[dropout,feature_decay]", "degradation=bicubic_noise",
                  "dropout.position=b1", "train.iterations=4"]
     cfg = compose(overrides, config_dir=conf_with_toys)
     validate_config(cfg)
