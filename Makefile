@@ -8,7 +8,7 @@ OUTPUT_ROOT = $(or $(SR_OUTPUT_ROOT),outputs)
 export WANDB_ERROR_REPORTING ?= false
 export WANDB_SILENT ?= true
 
-.PHONY: setup demo test test-slow test-all tables bench bench-launchers bench-tables slurm-up slurm-down clean
+.PHONY: setup demo test test-slow test-all tables bench bench-launchers bench-tables bench-stats slurm-up slurm-down clean
 
 setup: $(STAMP)
 
@@ -45,6 +45,10 @@ bench: setup
 # Every table and figure from 1,000 runs' offline wandb logs (generated once, cached in /tmp).
 bench-tables: setup
 	$(PY) benchmarks/bench_tables.py
+
+# Coverage of the tables' 95% intervals, by simulation at the sizes studies use (docs/statistics.md).
+bench-stats: setup
+	$(PY) benchmarks/stats_coverage.py
 
 # Launcher overhead: a 9-job smoke sweep under local, local_parallel and slurm (if up).
 bench-launchers: setup

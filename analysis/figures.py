@@ -5,7 +5,7 @@
 - ``gain_vs_p``: Δ PSNR vs the no-dropout baseline as a function of dropout.p, one line per
   test degradation (when p is swept);
 - ``gain_by_position``: Δ PSNR per dropout position, grouped by test degradation (when the
-  position is swept), with the bootstrap 95% intervals.
+  position is swept), with the 95% intervals (analysis.stats).
 Plotted for the pooled ``average`` set when there are several test sets, else the one set.
 """
 from __future__ import annotations
@@ -120,7 +120,7 @@ def gain_by_position(stats: pd.DataFrame, out_dir: Path, metric: str = "psnr") -
     _grouped_bars(ax, degs, groups, "delta", interval)
     ax.axhline(0, color="grey", lw=0.8)
     ax.set_ylabel(f"Δ {metric.upper()} vs no dropout (dB)")
-    ax.set_title(f"Gain by dropout position ({set_name}; bars: 95% bootstrap CI)")
+    ax.set_title(f"Gain by dropout position ({set_name}; bars: 95% CI)")
     ax.legend(fontsize=7, ncol=3)
     return _save(fig, out_dir, "gain_by_position")
 

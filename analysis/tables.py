@@ -15,7 +15,7 @@ import pandas as pd
 
 from analysis.figures import write_figures
 from analysis.runs import per_image_frame, runs_frame
-from analysis.stats import AVERAGE, STAT_COLUMNS, TEST_DEGRADATION, TEST_SET, ablation_stats
+from analysis.stats import AVERAGE, LEVEL, SIGNIFICANCE, STAT_COLUMNS, TEST_DEGRADATION, TEST_SET, ablation_stats
 from srcore.evaluation import TEST_DEGRADATIONS
 
 
@@ -40,8 +40,11 @@ def ablation_table(runs: pd.DataFrame, metric: str = "psnr") -> pd.DataFrame:
     return table
 
 
+SIGNIFICANT, SEED_DECIDES = "†", "‡"  # the cell marks; legend() explains them
+
+
 def format_cell(row, bold: str = "**{}**") -> str:
-    """'mean ± std (Δ [lo, hi])'; the best mean of a column in bold; missing runs say why."""
+    """'mean ± std (Δ [lo, hi])' + marks; the best mean of a column in bold; missing runs say why."""
     if pd.isna(row.get("mean")):
         return row.get("status") if row.get("status") not in (None, "finished") else "—"
     text = f"{row['mean']:.2f}"
@@ -51,10 +54,29 @@ def format_cell(row, bold: str = "**{}**") -> str:
         text = bold.format(text)
     if pd.notna(row.get("delta")):
         ci = f" [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}]" if pd.notna(row.get("ci_low")) else ""
-        text += f" ({row['delta']:+.2f}{ci})"
+        text += f" ({row['delta']:+.2f}{ci})" + _marks(row)
     if row.get("status") not in (None, "finished"):
         text += f" ({row['status']} runs left out)"
     return text
+
+
+def _marks(row) -> str:
+    significant = pd.notna(row.get("p_holm")) and row["p_holm"] < SIGNIFICANCE
+    seed_decides = pd.notna(row.get("seed_decides")) and bool(row["seed_decides"])
+    return (SIGNIFICANT if significant else "") + (SEED_DECIDES if seed_decides else "")
+
+
+def legend(stats: pd.DataFrame, metric: str) -> str:
+    """The lines under a table: what a cell holds and what its marks mean."""
+    tests = int(stats["p"].notna().sum())
+    significance = (f"{SIGNIFICANT}: Holm-adjusted p < {SIGNIFICANCE:g} over the table's {tests} comparisons, "
+                    "Wilcoxon signed-rank on the (seed, image) differences pooled: about these trained models, "
+                    "while the interval also counts seed-to-seed variation. " if tests else
+                    "No per-image results: no interval and no test. ")
+    return (f"Cells: {metric} mean ± std over seeds (Δ vs the baseline: no regulariser, other settings alike "
+            f"[{LEVEL:.0%} interval, seeds and images random]); best mean per column in bold. {significance}"
+            f"{SEED_DECIDES}: one seed decides the sign of Δ (a single seed, or leaving one out flips it). "
+            f"Every number: {metric}_stats.csv; methods: docs/statistics.md.")
 
 
 def formatted_table(stats: pd.DataFrame, bold: str = "**{}**") -> pd.DataFrame:
@@ -89,7 +111,9 @@ def to_latex(table: pd.DataFrame, caption: str) -> str:
     sets = list(table.columns.get_level_values(0).unique())
     degs = list(table.columns.get_level_values(1))
     esc = lambda s: (str(s).replace("_", r"\_").replace("&", r"\&").replace("%", r"\%")  # noqa: E731
-                     .replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace("—", "--"))
+                     .replace("±", r"$\pm$").replace("Δ", r"$\Delta$").replace("—", "--")
+                     .replace("×", r"$\times$").replace("<", "$<$").replace(SIGNIFICANT, r"$^\dagger$")
+                     .replace(SEED_DECIDES, r"$^\ddagger$"))
     lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{esc(caption)}}}",
              r"\begin{tabular}{" + "l" * len(index_names) + "r" * len(degs) + "}", r"\toprule"]
     group = " & " * (len(index_names) - 1)
@@ -106,15 +130,15 @@ def to_latex(table: pd.DataFrame, caption: str) -> str:
 
 def write_tables(runs: pd.DataFrame, out_dir: Path, title: str, metric: str = "psnr",
                  per_image: pd.DataFrame | None = None) -> str:
-    """<metric>.md / .tex: mean ± std over seeds, (Δ vs no dropout [95% bootstrap interval]),
-    best per column in bold; <metric>.csv: the means; <metric>_stats.csv: every number."""
+    """<metric>.md / .tex: mean ± std over seeds, (Δ vs the baseline [95% interval]) with the
+    marks of ``legend``, best per column in bold; <metric>.csv: the means; <metric>_stats.csv:
+    every number."""
     stats = ablation_stats(runs, per_image_frame(runs) if per_image is None else per_image, metric)
     out_dir.mkdir(parents=True, exist_ok=True)
-    md = to_markdown(formatted_table(stats), title)
-    md += (f"\nCells: {metric} mean ± std over seeds; (Δ vs the no-dropout baseline of the same setting "
-           "[paired per-image bootstrap 95% interval]); best mean per column in bold.\n")
+    md = to_markdown(formatted_table(stats), title) + f"\n{legend(stats, metric)}\n"
     (out_dir / f"{metric}.md").write_text(md)
-    (out_dir / f"{metric}.tex").write_text(to_latex(formatted_table(stats, r"\textbf{{{}}}"), f"{title}: {metric}"))
+    caption = f"{title}: {metric}. {legend(stats, metric)}"
+    (out_dir / f"{metric}.tex").write_text(to_latex(formatted_table(stats, r"\textbf{{{}}}"), caption))
     ablation_table(runs, metric).to_csv(out_dir / f"{metric}.csv")
     stats.to_csv(out_dir / f"{metric}_stats.csv", index=False)
     write_figures(stats, out_dir / "figures", metric)

@@ -1,17 +1,18 @@
 """Golden tests of the ablation tables on real tiny runs (real offline wandb files): two
 seeds, a requeued duplicate, a crashed run; the de-duplication, the failure marking,
-mean ± std, Δ vs the baseline and the paired bootstrap interval (checked against an exact
-enumeration of the bootstrap distribution)."""
+mean ± std, Δ vs the baseline, the paired interval, test and marks (checked by hand; the
+statistics themselves: tests/test_stats.py)."""
 import itertools
 import json
 import signal
 
 import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 
 from analysis.runs import per_image_frame, runs_frame
-from analysis.stats import ablation_stats, bootstrap_ci
-from analysis.tables import formatted_table, main as tables_main
+from analysis.stats import ablation_stats
+from analysis.tables import format_cell, formatted_table, main as tables_main, to_latex
 from tests.conftest import TINY, run_sweeper
 from tests.test_fault_tolerance import start_sweeper
 
@@ -74,28 +75,22 @@ def test_mean_std_delta_and_interval_match_the_job_results(fixture_runs):
     assert row["n"] == 2 and row["mean"] == pytest.approx(np.mean(last), abs=1e-12)
     assert row["std"] == pytest.approx(np.std(last, ddof=1), abs=1e-12)
     assert row["delta"] == pytest.approx(np.mean(last) - np.mean(none), abs=1e-12)
-    # Paired per (seed, image): one test image here, so two differences; the exact bootstrap
-    # distribution of their mean puts 1/4 on each difference: the 95% interval is [min, max].
+    # Paired per (seed, image): one test image here, so two differences, one per seed: the
+    # interval is the t interval over the seeds (1 df), the test the exact Wilcoxon of the two.
     d = []
     for s in (0, 1):
         img = {(p["image"], p["degradation"]): p["psnr"] for p in by[("last", s)]["per_image"]}
         ref = {(p["image"], p["degradation"]): p["psnr"] for p in by[("none", s)]["per_image"]}
         d += [img[k] - ref[k] for k in img if k[1] == "noise"]
     assert len(d) == 2
-    assert (row["ci_low"], row["ci_high"]) == pytest.approx((min(d), max(d)), abs=1e-12)
+    half = scipy_stats.t.ppf(0.975, 1) * np.std(d, ddof=1) / np.sqrt(2)
+    assert (row["ci_low"], row["ci_high"]) == pytest.approx((np.mean(d) - half, np.mean(d) + half), abs=1e-12)
+    assert (row["n_seeds"], row["n_images"], row["df"]) == (2, 1, 1)
+    assert row["p"] == pytest.approx(scipy_stats.wilcoxon(d).pvalue) and row["p_improve"] == np.mean(np.array(d) > 0)
     base = stats[(stats["dropout.position"] == "none") & (stats["test_degradation"] == "noise")].iloc[0]
     assert bool(base["baseline"]) and np.isnan(base["delta"])
     first = stats[stats["dropout.position"] == "first"].iloc[0]
     assert first["status"] == "unfinished" and first["n"] == 0
-
-
-def test_bootstrap_interval_matches_exact_enumeration():
-    d = np.array([0.3, -0.1, 0.5, 0.2])
-    means = np.array([np.mean(c) for c in itertools.product(d, repeat=len(d))])
-    exact = np.quantile(means, [0.025, 0.975])
-    lo, hi = bootstrap_ci(d, n_boot=200_000, seed=1)
-    assert lo == pytest.approx(exact[0], abs=0.026) and hi == pytest.approx(exact[1], abs=0.026)
-    assert lo <= np.mean(d) <= hi
 
 
 def test_table_cells_best_marks_and_missing(fixture_runs):
@@ -115,6 +110,20 @@ def test_table_cells_best_marks_and_missing(fixture_runs):
     expected = f"{row['mean']:.2f} ± {row['std']:.2f}"
     cell = table.loc["last", ("builtin", "clean")]
     assert expected in cell and f"({row['delta']:+.2f} [{row['ci_low']:+.2f}, {row['ci_high']:+.2f}])" in cell
+    marks = ("†" if row["p_holm"] < 0.05 else "") + ("‡" if row["seed_decides"] else "")
+    assert cell.rsplit(")", 1)[1] == marks
+
+
+def test_cell_marks_and_their_latex():
+    row = {"mean": 25.0, "std": 0.1, "best": False, "status": "finished", "delta": 0.2, "ci_low": 0.05,
+           "ci_high": 0.35, "p_holm": 0.01, "seed_decides": True}
+    assert format_cell(row) == "25.00 ± 0.10 (+0.20 [+0.05, +0.35])†‡"
+    assert format_cell({**row, "p_holm": 0.05, "seed_decides": False}) == "25.00 ± 0.10 (+0.20 [+0.05, +0.35])"
+    assert format_cell({**row, "p_holm": np.nan, "seed_decides": np.nan}).endswith(")")
+    import pandas as pd
+    table = pd.DataFrame([[format_cell(row)]], index=pd.Index(["last"], name="position"),
+                         columns=pd.MultiIndex.from_tuples([("Set5", "clean")]))
+    assert r"(+0.20 [+0.05, +0.35])$^\dagger$$^\ddagger$" in to_latex(table, "caption")
 
 
 def test_tables_cli_writes_markdown_latex_and_csv(fixture_runs, capsys):
@@ -128,6 +137,13 @@ def test_tables_cli_writes_markdown_latex_and_csv(fixture_runs, capsys):
     assert (sweep / "tables" / "figures" / "gain_by_position.pdf").exists()
     tex = (sweep / "tables" / "psnr.tex").read_text()
     assert r"\textbf{" in tex and r"$\pm$" in tex
+    import pandas as pd
+    written = pd.read_csv(sweep / "tables" / "psnr_stats.csv")
+    tests = int(written["p"].notna().sum())
+    assert tests > 0 and f"over the table's {tests} comparisons" in (sweep / "tables" / "psnr.md").read_text()
+    columns = set(written.columns)
+    assert {"ci_low", "ci_high", "df", "method", "p", "p_holm", "p_improve", "var_seed", "var_image", "var_resid",
+            "seed_decides"} <= columns
 
 
 class FakeApiRun:
