@@ -34,7 +34,7 @@ from scipy import stats
 
 REGULARIZER_KEY = "swept.regularizer"  # the `regularizer=[...]` config group: extra regularisers
 REGULARIZER_PREFIXES = ("swept.dropout.", "swept.regularizers.")  # their settings
-NO_REGULARIZER = ("", "[]", "none", "null")  # values of REGULARIZER_KEY that select none
+NO_REGULARIZER = ("[]", "none", "null")  # values of REGULARIZER_KEY that select none
 SEED_KEY = "swept.seed"
 AVERAGE = "average"  # the pseudo test set: all test sets' images together
 # The test axes of the statistics frame. Named apart from the swept keys, which label the
@@ -54,24 +54,36 @@ def is_regularizer_key(key: str) -> bool:
 
 
 def is_baseline(runs: pd.DataFrame) -> pd.Series:
-    """Runs with no regulariser: dropout off (position none, or p = 0: Dropout with p = 0 is the
-    identity) and, where the ``regularizer`` group is swept, none of the others selected
-    (``regularizer=[]``, or the key missing from the run's overrides: the default is ``[]``).
+    """Runs with no regulariser at all. ``regularizer`` (the config group) selects the
+    regularisers, dropout by default (its own keys then say whether it acts): a run is the
+    baseline when it selects none (``regularizer=none``), or only dropout with dropout off
+    (position none, or p = 0: Dropout with p = 0 is the identity).
 
-    Judged from the swept keys alone. If dropout is not swept, its config value holds for every
-    run and the baseline is "no other regulariser"; if neither is swept there is no baseline.
+    Judged from the swept keys alone: if neither the regulariser nor dropout is swept, there is
+    no baseline.
     """
     dropout_keys = [k for k in ("swept.dropout.position", "swept.dropout.p") if k in runs]
     if not dropout_keys and REGULARIZER_KEY not in runs:
         return pd.Series(False, index=runs.index)
-    off = pd.Series(not dropout_keys, index=runs.index)
+    dropout_off = pd.Series(False, index=runs.index)
     if "swept.dropout.position" in runs:
-        off |= runs["swept.dropout.position"].astype(str).eq("none")
+        dropout_off |= runs["swept.dropout.position"].astype(str).eq("none")
     if "swept.dropout.p" in runs:
-        off |= pd.to_numeric(runs["swept.dropout.p"], errors="coerce").eq(0)
-    if REGULARIZER_KEY in runs:
-        off &= runs[REGULARIZER_KEY].fillna("").astype(str).str.strip().str.lower().isin(NO_REGULARIZER)
-    return off
+        dropout_off |= pd.to_numeric(runs["swept.dropout.p"], errors="coerce").eq(0)
+    if REGULARIZER_KEY not in runs:
+        return dropout_off
+    selected = runs[REGULARIZER_KEY].map(_selected_regularizers)
+    return selected.map(lambda names: not names) | (selected.map(lambda names: names == {"dropout"}) & dropout_off)
+
+
+def _selected_regularizers(value) -> set[str]:
+    """The names a ``regularizer=`` override selects; not set: the default, dropout."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return {"dropout"}
+    text = str(value).strip().lower()
+    if text in NO_REGULARIZER:
+        return set()
+    return {n.strip() for n in text.strip("[]").split(",") if n.strip() and n.strip() not in NO_REGULARIZER}
 
 
 def setting_keys(runs: pd.DataFrame) -> list[str]:

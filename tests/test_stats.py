@@ -122,11 +122,14 @@ def test_seed_decides():
 
 
 def test_baseline_rule_with_the_regularizer_group():
-    frame = pd.DataFrame({"swept.regularizer": ["[]", "[droppath]", np.nan, "[]"],
-                          "swept.dropout.position": ["none", "none", "none", "last"]})
-    assert is_baseline(frame).tolist() == [True, False, True, False]
-    # dropout not swept: the baseline is "no other regulariser"
-    assert is_baseline(frame[["swept.regularizer"]]).tolist() == [True, False, True, True]
+    """regularizer=none selects nothing; not set, it is the default, dropout, whose own keys say
+    whether it acts."""
+    frame = pd.DataFrame({"swept.regularizer": ["none", "[droppath]", np.nan, "none", "[dropout,droppath]",
+                                                "dropout"],
+                          "swept.dropout.position": ["none", "none", "none", "last", "none", "last"]})
+    assert is_baseline(frame).tolist() == [True, False, True, True, False, False]
+    # dropout not swept: it acts wherever it is selected
+    assert is_baseline(frame[["swept.regularizer"]]).tolist() == [True, False, False, True, False, False]
     # dropout alone: off = position none or p = 0; nothing swept: no baseline
     assert is_baseline(pd.DataFrame({"swept.dropout.p": [0, 0.5]})).tolist() == [True, False]
     assert not is_baseline(pd.DataFrame({"swept.backbone": ["rrdb"]})).any()
@@ -134,13 +137,13 @@ def test_baseline_rule_with_the_regularizer_group():
 
 def test_regularizer_sweep_compares_within_its_context():
     rows = []
-    for i, (backbone, reg) in enumerate([(b, r) for b in ("srresnet", "rrdb") for r in ("[]", "[droppath]")]):
+    for i, (backbone, reg) in enumerate([(b, r) for b in ("srresnet", "rrdb") for r in ("none", "[droppath]")]):
         rows.append({"run_id": f"r{i}", "state": "finished", "swept.backbone": backbone, "swept.regularizer": reg,
-                     "swept.regularizers.droppath.p": "0.1" if reg != "[]" else np.nan,
+                     "swept.regularizers.droppath.p": "0.1" if reg != "none" else np.nan,
                      "test/Set5/clean/psnr": 20.0 + i})
     out = ablation_stats(pd.DataFrame(rows)).set_index(["backbone", "regularizer"])
     assert out.loc[("rrdb", "[droppath]"), "delta"] == pytest.approx(1.0)
-    assert out.loc[("rrdb", "[]"), "baseline"] and np.isnan(out.loc[("rrdb", "[]"), "delta"])
+    assert out.loc[("rrdb", "none"), "baseline"] and np.isnan(out.loc[("rrdb", "none"), "delta"])
     assert out.loc[("rrdb", "[droppath]"), "seed_decides"]  # one seed
 
 
