@@ -28,30 +28,28 @@ from srcore.atomic import atomic_write
 from srcore.data import load_images
 from srcore.evaluation import TEST_DEGRADATIONS
 from srcore.interpretation import interpret_model, layer_names
-from srcore.models import BACKBONES, build_model
+from srcore.models import BACKBONES, load_official
 from srcore.models.checkpoint import load_model as load_model_file
-from srcore.models.checkpoint import load_weights
 
 RESULT = "interpretation.json"
 
 
 def load_model(target: Path, backbone: str | None, num_feat: int | None, num_block: int | None):
     """(model, config or None) from a job folder (model.pt, which carries its build arguments,
-    + .hydra/config.yaml) or a weights file (this project's, or BasicSR/official with params /
-    params_ema: then ``backbone`` and its sizes are needed), loaded with weights_only."""
+    + .hydra/config.yaml) or a weights file: this project's, or a BasicSR / official one
+    (params / params_ema) given its ``backbone``, whose settings are read off the weights
+    (``num_feat`` / ``num_block`` override them). Loaded with weights_only."""
     if target.is_dir():
         from omegaconf import OmegaConf
         cfg = OmegaConf.load(target / ".hydra" / "config.yaml")
         return load_model_file(target / "model.pt"), cfg
-    if not backbone:
-        try:
+    try:
+        if not backbone:
             return load_model_file(target), None
-        except ValueError as e:
-            raise SystemExit(f"error: {e}") from None
-    kwargs = {k: v for k, v in (("num_feat", num_feat), ("num_block", num_block)) if v}
-    model = build_model(backbone, upscale=4, **kwargs)
-    load_weights(model, target)
-    return model, None
+        overrides = {k: v for k, v in (("num_feat", num_feat), ("num_block", num_block)) if v}
+        return load_official(target, backbone, **overrides), None
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 def interpret(model, images: list[tuple[str, np.ndarray]], layer: str, embed: str, degradations: list[str],
@@ -69,8 +67,13 @@ def write_result(result: dict, emb: np.ndarray, labels: np.ndarray, out_dir: Pat
 
 
 def csm_matrix(result: dict) -> tuple[list[str], np.ndarray]:
+    """Row-normalised channel saliency, one row per layer; layers narrower than the widest (a
+    transformer's embed_dim next to its 64-channel upsampler) are padded with NaN."""
     names = list(result["csm"])
-    return names, np.stack([np.asarray(result["csm"][n]) / max(np.max(result["csm"][n]), 1e-30) for n in names])
+    width = max(len(v) for v in result["csm"].values())
+    rows = [np.pad(np.asarray(v, dtype=float) / max(np.max(v), 1e-30), (0, width - len(v)), constant_values=np.nan)
+            for v in result["csm"].values()]
+    return names, np.stack(rows)
 
 
 def _figures(result: dict, emb: np.ndarray, labels: np.ndarray, out_dir: Path) -> None:

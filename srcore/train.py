@@ -6,7 +6,9 @@ Plain Python, no framework: a job builds the model (with its regularisers, see
 A checkpoint holds everything needed to continue bit-identically (on CPU): model, EMA,
 optimizer, scheduler, iteration and the RNG states; ``train`` resumes from it when it exists.
 Regularisers add nothing to it: their state is a function of the iteration, set before every
-forward pass (``Regularizer.set_iteration``).
+forward pass (``Regularizer.set_iteration``), and their random draws come from torch's global
+RNG (in the checkpoint). A regulariser asking for k ``views`` makes every GT patch of a batch
+k LR views (view-major, GT repeated): k times the network compute per GT image.
 """
 from __future__ import annotations
 
@@ -124,12 +126,14 @@ class TrainingState:
 
 def degraded_views(degrade: Degrade, hr: torch.Tensor, gen: torch.Generator, views: int):
     """``(hr, lr)`` for a batch of GT patches: ``views`` independently degraded LR views of each,
-    view-major along the batch, with ``hr`` repeated to match."""
+    view-major along the batch, with ``hr`` repeated to match. Views of one GT patch share its
+    crop (``srcore.degrade.Degradation.views``); all draws come from ``gen``, so resume is exact."""
     if views == 1:
         return degrade(hr, gen)
-    # A degradation with gt_size crops each view at its own place; views of one GT patch need
-    # one shared crop, which the degradations do not offer yet.
-    raise NotImplementedError(f"{views} degraded views per GT patch are not supported yet")
+    if not hasattr(degrade, "views"):
+        raise TypeError(f"{views} degraded views per GT patch need a srcore.degrade.Degradation "
+                        f"(its views method shares one crop between them), got {degrade!r}")
+    return degrade.views(hr, gen, views)
 
 
 class SiteOutputs:

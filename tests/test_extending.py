@@ -103,10 +103,10 @@ class BicubicNoise(Degradation):
         if not 0 <= params["sigma"] <= 255:
             raise ValueError(f"degradation.sigma={params['sigma']!r} must be in [0, 255]")
 
-    def __call__(self, hr, g):
+    def __call__(self, hr, g, crop=None):
         lr = bicubic_down(hr, self.scale)
         lr = quantize(lr + torch.randn(lr.shape, generator=g, device=g.device) * self.sigma / 255)
-        return paired_random_crop(hr, lr, self.gt_patch, self.scale, g)
+        return paired_random_crop(hr, lr, self.gt_patch, self.scale, g, crop)
 
 
 # --- "Add an evaluation suite" ---------------------------------------------------------------

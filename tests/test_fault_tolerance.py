@@ -16,7 +16,8 @@ from sweeper.jobstate import job_labels, job_state, write_json
 from sweeper.status import main as status_main
 from tests.conftest import ROOT, TINY, run_sweeper
 
-LONG = [*TINY, "train.iterations=200", "train.log_every=50", "train.val_every=100", "train.ckpt_every=50"]
+LONG = [*TINY, "train.iterations=200", "train.scheduler.periods=[100,100]", "train.log_every=50", "train.val_every=100",
+        "train.ckpt_every=50"]
 
 
 def sweep_dir(out):
@@ -28,8 +29,11 @@ def results(sweep):
 
 
 def same_weights(a, b):
+    """Bit-identical weights (params, params_ema) and the same build arguments (model_args)."""
     wa, wb = (torch.load(d / "model.pt", weights_only=True) for d in (a, b))
-    return all(torch.equal(wa[k][n], wb[k][n]) for k in wa for n in wa[k])
+    weights = [k for k in wa if k != "model_args"]
+    return wa.get("model_args") == wb.get("model_args") and wa.keys() == wb.keys() and \
+        all(torch.equal(wa[k][n], wb[k][n]) for k in weights for n in wa[k])
 
 
 def start_sweeper(args, out):

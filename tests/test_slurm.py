@@ -42,7 +42,8 @@ def squeue_state(job: str) -> tuple[str, str]:
 
 
 # log_every=1: a wandb call in every iteration, so a signal that ends wandb's service hits one
-SCHEDULE = ["train.iterations=300", "train.log_every=1", "train.val_every=100", "train.ckpt_every=50"]
+SCHEDULE = ["train.iterations=300", "train.scheduler.periods=[150,150]", "train.log_every=1", "train.val_every=100",
+            "train.ckpt_every=50"]
 SLURM = ["launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.cpus_per_task=1",
          "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=10"]
 

@@ -2,7 +2,8 @@
 
 Only what training uses lives here; the paper's fixed TEST degradations are
 ``srcore.evaluation.paper``. Every entry is a ``Degradation`` (``srcore.degrade.base``: the
-contract, ``(hr, g) -> (hr_target, lr)``, ``prepare_images``, ``validate``), registered below by
+contract, ``(hr, g, crop=None) -> (hr_target, lr)``, ``views`` for several degraded views
+sharing one crop, ``prepare_images``, ``validate``), registered below by
 the name its config file ``conf/degradation/<name>.yaml`` carries. The job builds one with
 ``build_degradation(name, scale, gt_patch, **params)``, where ``params`` are that file's keys
 other than ``name`` and ``gt_size``; pre-flight calls ``validate_degradation`` with the same

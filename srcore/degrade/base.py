@@ -1,12 +1,17 @@
 """What every training degradation is: the ``Degradation`` base class and its default
 pre-flight validation.
 
-A degradation is a callable ``(hr, generator) -> (hr_target, lr)`` on float batches
+A degradation is a callable ``(hr, generator, crop=None) -> (hr_target, lr)`` on float batches
 (N, 3, H, W) in [0, 1]; ``hr_target`` is what the network is trained to produce (the input HR,
 or e.g. its sharpened and cropped version). Every random draw comes from the given
 ``torch.Generator``, so a job that restores the generator's state continues the same stream.
 LR images are clamped to [0, 1] and rounded to 8-bit levels, like the images a model sees at
 test time.
+
+``crop`` (``srcore.degrade.common.Crop``) fixes where the paired patches are cut instead of
+drawing it; ``views(hr, g, k)`` uses it to degrade each GT patch k times independently with
+one shared crop (Simple Align's two views). With ``crop=None`` a degradation draws exactly
+what it drew before views existed, so single-view jobs are unchanged.
 """
 from __future__ import annotations
 
@@ -15,6 +20,8 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
+
+from srcore.degrade.common import Crop, draw_crop
 
 
 class Degradation:
@@ -28,8 +35,20 @@ class Degradation:
     def __init__(self, scale: int, gt_patch: int | None = None):
         self.scale, self.gt_patch = scale, gt_patch
 
-    def __call__(self, hr: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, hr: torch.Tensor, g: torch.Generator, crop: Crop | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
+
+    def views(self, hr: torch.Tensor, g: torch.Generator, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``k`` independently degraded LR views of each GT patch, all cut at one place per patch:
+        ``(hr_target, lr)`` with the views stacked view-major along the batch (view 1 of every
+        patch, then view 2, ...), ``hr_target`` likewise. ``k`` = 1 is ``self(hr, g)``."""
+        if k == 1:
+            return self(hr, g)
+        h, w = hr.shape[-2:]  # every degradation's LR is (H // scale, W // scale) before the crop
+        crop = draw_crop(hr.shape[0], (h // self.scale, w // self.scale), self.gt_patch, self.scale, g)
+        pairs = [self(hr, g, crop) for _ in range(k)]
+        return torch.cat([t for t, _ in pairs]), torch.cat([lr for _, lr in pairs])
 
     def prepare_images(self, images: list[tuple[str, np.ndarray]]) -> list[tuple[str, np.ndarray]]:
         """Work done once per training image (name, HxWx3 uint8) when the data is loaded, instead

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from srcore.degrade.base import Degradation
-from srcore.degrade.common import bicubic_down, paired_random_crop, quantize
+from srcore.degrade.common import Crop, bicubic_down, paired_random_crop, quantize
 from srcore.degrade.filtering import filter2d
 from srcore.imageio import jpeg_roundtrip
 
@@ -47,7 +47,8 @@ class SimpleMulti(Degradation):
         self.noise_prob, self.noise_sigma = noise_prob, tuple(noise_sigma)
         self.jpeg_prob, self.jpeg_quality = jpeg_prob, tuple(jpeg_quality)
 
-    def __call__(self, hr: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, hr: torch.Tensor, g: torch.Generator, crop: Crop | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
         n = hr.shape[0]
         # Draw every parameter up front, whether used or not, so the stream's length per
         # batch is fixed: a change of probabilities does not shift later draws.
@@ -68,4 +69,4 @@ class SimpleMulti(Degradation):
         x = quantize(x + noise * scale)
         if jpeg_on.any():
             x = jpeg_per_sample(x, [int(q) if on else None for q, on in zip(quality.tolist(), jpeg_on.tolist())])
-        return paired_random_crop(hr, quantize(x), self.gt_patch, self.scale, g)
+        return paired_random_crop(hr, quantize(x), self.gt_patch, self.scale, g, crop)

@@ -37,6 +37,9 @@ per sample: kernel type, size and parameters (and sinc or not), stage-2 blur on/
 and its parameters, and the crop position. (The official code draws noise type and stage-2 blur
 on/off once per batch and crops the whole batch at one position; per-sample draws give more
 diverse batches with the same marginal distributions.)
+Several views of one batch (``views(hr, g, k)``, Simple Align) each call ``sample_params``:
+every choice above, per-batch resizes included, is drawn anew per view; only the crop is
+shared (drawn once, before the views; each view's own ``crop`` draw goes unused).
 
 Randomness. ``sample_params(n, g)`` draws every parameter from ``g`` on ``g.device`` -- always the
 same number of draws for a given ``n``, whatever the configuration -- including one 62-bit seed
@@ -71,7 +74,7 @@ import numpy as np
 import torch
 
 from srcore.degrade.base import Degradation
-from srcore.degrade.common import crop_pairs, quantize
+from srcore.degrade.common import Crop, crop_pairs, quantize
 from srcore.degrade.filtering import filter2d
 from srcore.degrade.jpeg import jpeg_compress
 from srcore.degrade.kernels import (final_sinc_kernels, kernels_from_params, pulse_kernels, sample_final_sinc_params,
@@ -88,8 +91,9 @@ class RealESRGANDegradation(Degradation):
     """Real-ESRGAN's two-stage degradation (see module doc); ``params`` are the fields of
     ``RealESRGANParams`` other than ``scale`` and ``gt_patch``, all required.
 
-    ``__call__(hr, g) -> (hr_target, lr)``; ``sample_params(n, g)`` + ``apply(hr, params)`` (full
-    size, no crop) + ``paired_crop(hr_target, lr, params)`` are the same thing in pieces.
+    ``__call__(hr, g, crop=None) -> (hr_target, lr)``; ``sample_params(n, g)`` + ``apply(hr, params)``
+    (full size, no crop) + ``paired_crop(hr_target, lr, params, crop=None)`` are the same thing in
+    pieces.
     """
 
     def __init__(self, scale: int, gt_patch: int | None, **params):
@@ -240,25 +244,30 @@ class RealESRGANDegradation(Degradation):
             raise ValueError(f"backend='cv2' needs CPU tensors, the batch is on {x.device}")
         return self.params.backend
 
-    def paired_crop(self, hr_target: torch.Tensor, lr: torch.Tensor, params: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """Cut HR ``gt_patch`` / LR ``gt_patch // scale`` patches at each sample's own position."""
+    def paired_crop(self, hr_target: torch.Tensor, lr: torch.Tensor, params: dict, crop: Crop | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cut HR ``gt_patch`` / LR ``gt_patch // scale`` patches at ``crop``, or, without one, at
+        each sample's own position in ``params``."""
         if self.gt_patch is None:
             return hr_target, lr
         lq = self.gt_patch // self.scale
         h, w = lr.shape[-2:]
         if h < lq or w < lq:
             raise ValueError(f"LR {h}x{w} is smaller than the LR patch {lq}")
-        u = params["crop"].to("cpu")
-        tops = (u[:, 0] * (h - lq + 1)).long().clamp_max(h - lq).tolist()
-        lefts = (u[:, 1] * (w - lq + 1)).long().clamp_max(w - lq).tolist()
-        return crop_pairs(hr_target, lr, tops, lefts, lq, self.scale)
+        if crop is None:
+            u = params["crop"].to("cpu")
+            crop = Crop((u[:, 0] * (h - lq + 1)).long().clamp_max(h - lq).tolist(),
+                        (u[:, 1] * (w - lq + 1)).long().clamp_max(w - lq).tolist())
+        return crop_pairs(hr_target, lr, crop.tops, crop.lefts, lq, self.scale)
 
-    def __call__(self, hr: torch.Tensor, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def __call__(self, hr: torch.Tensor, g: torch.Generator, crop: Crop | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
         """(N, 3, H, W) HR in [0, 1], H, W >= gt_patch -> (hr_target (N, 3, gt_patch, gt_patch),
-        lr (N, 3, gt_patch // scale, gt_patch // scale)); without gt_patch, the full-size pair."""
+        lr (N, 3, gt_patch // scale, gt_patch // scale)); without gt_patch, the full-size pair.
+        ``crop``: where to cut (else each sample's drawn position); the draws are the same."""
         x = self._check(hr)
         params = self.sample_params(x.shape[0], g)
-        return self.paired_crop(*self.apply(x, params), params)
+        return self.paired_crop(*self.apply(x, params), params, crop)
 
     def _check(self, hr: torch.Tensor) -> torch.Tensor:
         if hr.dim() != 4 or hr.shape[1] != 3:

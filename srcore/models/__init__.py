@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from .backbone import BACKBONES, Backbone, register_backbone
 from .build import build_model, check_model
-from .checkpoint import load_model, load_weights, save_weights
+from .checkpoint import load_model, load_official, load_weights, save_weights
 # Importing an arch module registers its backbone; error messages list them in this order.
 from .srresnet import SRResNet  # isort: skip
 from .rrdb import RRDBNet  # isort: skip
+from .edsr import EDSR  # isort: skip
+from .swinir import SwinIR  # isort: skip
+from .hat import HAT  # isort: skip
 
-__all__ = ["BACKBONES", "Backbone", "register_backbone", "build_model", "check_model", "load_model",
-           "load_weights", "save_weights", "SRResNet", "RRDBNet"]
+__all__ = ["BACKBONES", "Backbone", "register_backbone", "build_model", "check_model", "load_model", "load_official",
+           "load_weights", "save_weights", "SRResNet", "RRDBNet", "EDSR", "SwinIR", "HAT"]

@@ -1,5 +1,9 @@
 """Building blocks shared by the backbones (BasicSR's ``arch_util``): its weight init and its
-residual block without BatchNorm, with a regulariser site on the residual branch."""
+residual block without BatchNorm, with regulariser sites on the residual branch.
+
+A block owns its ``inblock`` site (the ``site`` attribute); its ``mid`` site is owned by the
+backbone (``self.sites["mid<k>"]``, like every other site) and handed to ``forward``, so the
+site bookkeeping of ``srcore.models.backbone`` covers it unchanged."""
 
 from __future__ import annotations
 
@@ -21,8 +25,8 @@ def default_init_weights(modules, scale: float = 1.0, bias_fill: float = 0.0) ->
 
 
 class ResidualBlockNoBN(nn.Module):
-    """---conv-ReLU-conv-[site]-(*res_scale)-+---   (BasicSR's ResidualBlockNoBN plus an inblock site)
-       |______________________________________|
+    """---conv-[mid]-ReLU-conv-[site]-(*res_scale)-+---   (BasicSR's ResidualBlockNoBN plus the
+       |____________________________________________|      mid and inblock sites)
     """
 
     def __init__(self, num_feat: int = 64, res_scale: float = 1.0):
@@ -35,5 +39,8 @@ class ResidualBlockNoBN(nn.Module):
         self.site = nn.Identity()
         default_init_weights([self.conv1, self.conv2], 0.1)
 
-    def forward(self, x):
-        return x + self.site(self.conv2(self.relu(self.conv1(x)))) * self.res_scale
+    def forward(self, x, mid: nn.Module | None = None):
+        out = self.conv1(x)
+        if mid is not None:
+            out = mid(out)
+        return x + self.site(self.conv2(self.relu(out))) * self.res_scale

@@ -24,7 +24,7 @@ def check_model(name: str, upscale: int = 4, regularizers: Sequence = (), **back
     in, and the regularisers as specs."""
     cls = backbone_class(name)
     args = cls.full_args(upscale, **backbone_kwargs)
-    regs = check_regularizers(regularizers, cls.site_names(args["num_block"], upscale))
+    regs = check_regularizers(regularizers, cls.site_names_for(args))
     return {"name": name, **args, "regularizers": [r.spec() for r in regs]}
 
 

@@ -17,7 +17,7 @@ from torch import nn
 
 from srcore.atomic import atomic_write
 
-from .build import build_model
+from .build import backbone_class, build_model
 
 # Tried in this order when no key is given: EMA weights are what gets evaluated.
 PREFERRED_KEYS = ("params_ema", "params", "ema", "model")
@@ -98,12 +98,29 @@ def load_model(path) -> nn.Module:
     source, ckpt = _read(path)
     if not isinstance(ckpt, Mapping) or not isinstance(ckpt.get("model_args"), Mapping):
         raise ValueError(f"{source} holds weights but no model_args (a BasicSR / official weights file?), so "
-                         "the network cannot be rebuilt from it: pass the backbone (and its num_feat / "
-                         "num_block), build it with srcore.models.build_model and use load_weights")
+                         "the network cannot be rebuilt from it alone: name its backbone "
+                         "(srcore.models.load_official(path, backbone), --backbone on the command line)")
     try:
         model = build_model(**ckpt["model_args"])
     except (TypeError, ValueError) as e:  # e.g. written by a version with other backbones
         raise ValueError(f"{source}: its model_args do not build a network: {e}") from None
+    _load(model, ckpt, source, key=None, strict=True)
+    return model.eval()
+
+
+def load_official(path, backbone: str, upscale: int = 4, **overrides) -> nn.Module:
+    """A BasicSR / official weights file (``params_ema`` preferred, else ``params``) loaded strictly
+    into ``backbone``, built with the settings its weights imply (widths, depths, heads, window,
+    upsampler, SwinIR's img_size: ``settings_from_weights``) and ``overrides`` (what the weights do
+    not say, e.g. EDSR-L's res_scale=0.1), in eval mode."""
+    source, ckpt = _read(path)
+    _, state = _select(ckpt, None, source)
+    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    settings = {**backbone_class(backbone).settings_from_weights(state), **overrides}
+    try:
+        model = build_model(backbone, upscale, **settings)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{source}: not a {backbone} at x{upscale} ({e})") from None
     _load(model, ckpt, source, key=None, strict=True)
     return model.eval()
 

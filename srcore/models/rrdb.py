@@ -17,7 +17,8 @@ from .blocks import default_init_weights
 
 
 class ResidualDenseBlock(nn.Module):
-    """Five densely connected convs; the output is scaled by 0.2 and added to the input."""
+    """Five densely connected convs; the output is scaled by 0.2 and added to the input. ``mid``
+    (the RRDB's mid site, given to its first dense block only) acts on conv1's output."""
 
     def __init__(self, num_feat: int = 64, num_grow_ch: int = 32):
         super().__init__()
@@ -29,8 +30,9 @@ class ResidualDenseBlock(nn.Module):
         self.lrelu = nn.LeakyReLU(negative_slope=0.2, inplace=True)
         default_init_weights([self.conv1, self.conv2, self.conv3, self.conv4, self.conv5], 0.1)
 
-    def forward(self, x):
-        x1 = self.lrelu(self.conv1(x))
+    def forward(self, x, mid: nn.Module | None = None):
+        x1 = self.conv1(x)
+        x1 = self.lrelu(x1 if mid is None else mid(x1))
         x2 = self.lrelu(self.conv2(torch.cat((x, x1), 1)))
         x3 = self.lrelu(self.conv3(torch.cat((x, x1, x2), 1)))
         x4 = self.lrelu(self.conv4(torch.cat((x, x1, x2, x3), 1)))
@@ -40,7 +42,9 @@ class ResidualDenseBlock(nn.Module):
 
 class RRDB(nn.Module):
     """Residual in Residual Dense Block: rdb1-rdb2-rdb3-[site]-(*0.2)-+ (the inblock site sits
-    on the residual branch, before the scaling and the add)."""
+    on the residual branch, before the scaling and the add). The mid site (handed to
+    ``forward`` by the backbone) follows the branch's first conv, rdb1.conv1, before its
+    LeakyReLU: the place "after the first conv" has in SRResNet's block."""
 
     def __init__(self, num_feat: int, num_grow_ch: int = 32):
         super().__init__()
@@ -49,8 +53,8 @@ class RRDB(nn.Module):
         self.rdb3 = ResidualDenseBlock(num_feat, num_grow_ch)
         self.site = nn.Identity()  # parameter-free: keys stay BasicSR's
 
-    def forward(self, x):
-        out = self.rdb3(self.rdb2(self.rdb1(x)))
+    def forward(self, x, mid: nn.Module | None = None):
+        out = self.rdb3(self.rdb2(self.rdb1(x, mid)))
         return self.site(out) * 0.2 + x
 
 
@@ -58,14 +62,14 @@ class RRDB(nn.Module):
 class RRDBNet(Backbone):
     """ESRGAN generator (BasicSR ``RRDBNet``), x4 / x2 / x1 (x2 and x1 pixel-unshuffle the input first).
 
-    Sites: first, inblock<k>, b<k> (k = 1..num_block), up1, up2, hr, last.
+    Sites: first, mid<k>, inblock<k>, b<k> (k = 1..num_block), up1, up2, hr, last.
     """
 
     SCALES = (1, 2, 4)
 
     @classmethod
     def site_names(cls, num_block: int, upscale: int) -> tuple[str, ...]:
-        return site_names(num_block, num_up=2)  # always the x4 tail
+        return site_names(num_block, num_up=2, mid=True)  # always the x4 tail
 
     def __init__(self, num_in_ch: int = 3, num_out_ch: int = 3, num_feat: int = 64, num_block: int = 23,
                  num_grow_ch: int = 32, upscale: int = 4):
@@ -92,7 +96,7 @@ class RRDBNet(Backbone):
         feat = s["first"](self.conv_first(x))
         body = feat
         for k, block in enumerate(self.body, start=1):
-            body = s[f"b{k}"](block(body))
+            body = s[f"b{k}"](block(body, s[f"mid{k}"]))
         feat = feat + self.conv_body(body)  # long skip over the whole trunk
 
         feat = s["up1"](self.lrelu(self.conv_up1(F.interpolate(feat, scale_factor=2, mode="nearest"))))

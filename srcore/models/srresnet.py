@@ -18,14 +18,14 @@ from .blocks import ResidualBlockNoBN, default_init_weights
 class SRResNet(Backbone):
     """Modified SRResNet (BasicSR ``MSRResNet``), x2 / x3 / x4.
 
-    Sites: first, inblock<k>, b<k> (k = 1..num_block), up1, up2 (x4 only), hr, last.
+    Sites: first, mid<k>, inblock<k>, b<k> (k = 1..num_block), up1, up2 (x4 only), hr, last.
     """
 
     SCALES = (2, 3, 4)
 
     @classmethod
     def site_names(cls, num_block: int, upscale: int) -> tuple[str, ...]:
-        return site_names(num_block, num_up=2 if upscale == 4 else 1)  # x4: two x2 pixel-shuffle stages
+        return site_names(num_block, num_up=2 if upscale == 4 else 1, mid=True)  # x4: two x2 pixel-shuffle stages
 
     def __init__(self, num_in_ch: int = 3, num_out_ch: int = 3, num_feat: int = 64, num_block: int = 16,
                  upscale: int = 4):
@@ -57,7 +57,7 @@ class SRResNet(Backbone):
         s = self.sites
         out = s["first"](self.lrelu(self.conv_first(x)))
         for k, block in enumerate(self.body, start=1):
-            out = s[f"b{k}"](block(out))
+            out = s[f"b{k}"](block(out, s[f"mid{k}"]))
 
         out = s["up1"](self.lrelu(self.pixel_shuffle(self.upconv1(out))))
         if self.upscale == 4:

@@ -17,6 +17,7 @@ with ``@register_regularizer`` (imported in ``srcore/regularizers/__init__.py``)
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Mapping, Sequence
 from typing import ClassVar
 
@@ -67,6 +68,23 @@ class Regularizer:
         """A term added to the training loss; ``features`` holds this forward pass's outputs of
         ``tapped_sites``. With ``views`` = k the batch is k views of the same GT patches, view-major."""
         return None
+
+
+def check_real(name: str, key: str, value, low: float, high: float, *, high_open: bool = False) -> float:
+    """``value`` as a float in [low, high] (or [low, high)); else ValueError naming
+    ``regularizers.<name>.<key>``. bool is refused: ``True`` is a config mistake, not 1."""
+    ok = (isinstance(value, numbers.Real) and not isinstance(value, bool)
+          and low <= value and (value < high if high_open else value <= high))  # NaN fails
+    if not ok:
+        interval = f"[{low:g}, {high:g}{')' if high_open else ']'}"
+        raise ValueError(f"regularizers.{name}.{key}={value!r} must be a real number in {interval}")
+    return float(value)
+
+
+def check_choice(name: str, key: str, value, allowed: Sequence[str]) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise ValueError(f"regularizers.{name}.{key}={value!r} is unknown; allowed: {', '.join(allowed)}")
+    return value
 
 
 def build_regularizer(spec: Mapping | Regularizer) -> Regularizer:

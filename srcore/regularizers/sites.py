@@ -6,6 +6,13 @@ state_dict keys never depend on the regularisers and interpretation tools can ho
 
 Site names, in forward order:
     first                  after conv_first (+ its activation for SRResNet)
+    mid<k>                 inside residual block k, on the output of the first conv of
+                           its residual branch, before that conv's activation (only in
+                           backbones whose blocks have one: ``site_names(..., mid=True)``).
+                           SRResNet/EDSR: conv1 of the block. RRDB: conv1 of the block's
+                           first dense block (num_grow_ch channels): the first conv the
+                           branch applies. Adaptive Dropout's block sites. In-place
+                           activations follow it, so a forward hook there must clone.
     inblock<k>, b<k>       inside residual block k, on its residual branch just
                            before the residual scaling/add; then after block k
     up1, up2               after each upsampling stage (incl. its activation)
@@ -16,7 +23,8 @@ Site names, in forward order:
 User-facing positions (e.g. ``dropout.position``) expand to sites, see ``resolve_sites``:
 none, first, b<k>, middle, up1, up2, hr, last, all, half, quarter, or a list of them (their
 union). Resolution reads only the network's site list, so a new backbone gets the whole
-vocabulary by naming its sites this way.
+vocabulary by naming its sites this way. ``mid<k>`` is no position: regularisers that act
+there (Adaptive Dropout) pick their sites by kind (``numbered_sites``).
 """
 
 from __future__ import annotations
@@ -31,12 +39,20 @@ _UP = re.compile(r"up(\d+)")
 _INBLOCK = re.compile(r"inblock(\d+)")
 
 
-def site_names(num_blocks: int, num_up: int = 2) -> tuple[str, ...]:
-    """The sites of a head / residual-block body / upsampler network, in forward order."""
+def site_names(num_blocks: int, num_up: int = 2, *, mid: bool = False) -> tuple[str, ...]:
+    """The sites of a head / residual-block body / upsampler network, in forward order;
+    ``mid``: its blocks have a ``mid<k>`` site (after the first conv of the branch)."""
     if isinstance(num_blocks, bool) or not isinstance(num_blocks, numbers.Integral) or num_blocks < 1:
         raise ValueError(f"num_blocks={num_blocks!r} must be a positive integer")
-    body = [s for k in range(1, num_blocks + 1) for s in (f"inblock{k}", f"b{k}")]
+    in_block = ("mid", "inblock") if mid else ("inblock",)
+    body = [s for k in range(1, num_blocks + 1) for s in (*(f"{kind}{k}" for kind in in_block), f"b{k}")]
     return ("first", *body, *(f"up{i}" for i in range(1, num_up + 1)), "hr", "last")
+
+
+def numbered_sites(sites: Sequence[str], kind: str) -> tuple[str, ...]:
+    """The sites ``<kind><k>`` (e.g. kind "mid": mid1, mid2, ...) of a site list, in its order."""
+    pattern = re.compile(rf"{re.escape(kind)}\d+")
+    return tuple(s for s in sites if pattern.fullmatch(s))
 
 
 def _count(sites: Sequence[str], pattern: re.Pattern) -> int:
