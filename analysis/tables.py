@@ -79,6 +79,24 @@ def legend(stats: pd.DataFrame, metric: str) -> str:
             f"Every number: {metric}_stats.csv; methods: docs/statistics.md.")
 
 
+def budget_note(runs: pd.DataFrame) -> str:
+    """What a table of regularisers held equal, when one of its runs degraded every GT patch
+    several times (Simple Align): the runs' ``train.budget``."""
+    from srcore.regularizers import REGULARIZERS
+
+    def views(config) -> int:
+        regs = (config or {}).get("regularizers") or {}
+        return max((REGULARIZERS[n].views for n in regs if n in REGULARIZERS), default=1)
+
+    configs = runs["config"] if "config" in runs else pd.Series([], dtype=object)
+    if not any(views(c) > 1 for c in configs):
+        return ""
+    budgets = sorted({((c or {}).get("train") or {}).get("budget", "gt_images") for c in configs})
+    held = {"gt_images": "GT patches per iteration (a k-view regulariser runs k x the forward passes)",
+            "forward_passes": "forward passes (a k-view regulariser sees 1/k of the GT patches)"}
+    return " Budget held equal (train.budget): " + "; ".join(f"{b}: {held.get(b, b)}" for b in budgets) + "."
+
+
 def formatted_table(stats: pd.DataFrame, bold: str = "**{}**") -> pd.DataFrame:
     """Rows = settings (in launch order), columns = (test set, test degradation), cells = format_cell."""
     keys = [c for c in stats.columns if c not in STAT_COLUMNS]
@@ -135,9 +153,10 @@ def write_tables(runs: pd.DataFrame, out_dir: Path, title: str, metric: str = "p
     every number."""
     stats = ablation_stats(runs, per_image_frame(runs) if per_image is None else per_image, metric)
     out_dir.mkdir(parents=True, exist_ok=True)
-    md = to_markdown(formatted_table(stats), title) + f"\n{legend(stats, metric)}\n"
+    notes = legend(stats, metric) + budget_note(runs)
+    md = to_markdown(formatted_table(stats), title) + f"\n{notes}\n"
     (out_dir / f"{metric}.md").write_text(md)
-    caption = f"{title}: {metric}. {legend(stats, metric)}"
+    caption = f"{title}: {metric}. {notes}"
     (out_dir / f"{metric}.tex").write_text(to_latex(formatted_table(stats, r"\textbf{{{}}}"), caption))
     ablation_table(runs, metric).to_csv(out_dir / f"{metric}.csv")
     stats.to_csv(out_dir / f"{metric}_stats.csv", index=False)

@@ -12,6 +12,7 @@ from omegaconf import DictConfig, OmegaConf
 from srcore.data import TrainPatches, load_images
 from srcore.degrade import build_degradation
 from srcore.models import build_model
+from srcore.regularizers import REGULARIZERS
 from srcore.train import TrainSettings, resolve_device
 
 
@@ -67,10 +68,26 @@ def test_sets(cfg: DictConfig) -> dict[str, list]:
     return {name: load_images(spec, "test", cfg.eval.max_images) for name, spec in cfg.data.test_sets.items()}
 
 
+BUDGETS = ("gt_images", "forward_passes")
+
+
+def views(cfg: DictConfig) -> int:
+    """Degraded LR views per GT patch the job's regularisers ask for (Simple Align: 2)."""
+    return max((REGULARIZERS[s["name"]].views for s in regularizer_specs(cfg) if s["name"] in REGULARIZERS),
+               default=1)
+
+
+def gt_batch_size(cfg: DictConfig) -> int:
+    """GT patches per iteration: ``train.batch_size``, divided by the views when the budget holds
+    forward passes equal (``train.budget``)."""
+    t = cfg.train
+    return t.batch_size // views(cfg) if t.get("budget") == "forward_passes" else t.batch_size
+
+
 def train_settings(cfg: DictConfig) -> TrainSettings:
     t = cfg.train
     return TrainSettings(
-        iterations=t.iterations, batch_size=t.batch_size, lr=t.lr, betas=tuple(t.betas),
+        iterations=t.iterations, batch_size=gt_batch_size(cfg), lr=t.lr, betas=tuple(t.betas),
         weight_decay=t.weight_decay, periods=tuple(t.scheduler.periods),
         restart_weights=tuple(t.scheduler.restart_weights), eta_min=t.scheduler.eta_min,
         ema_decay=t.ema_decay, seed=cfg.seed, log_every=t.log_every, val_every=t.val_every,

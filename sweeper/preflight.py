@@ -82,12 +82,23 @@ def _validate_train(cfg: DictConfig) -> None:
     _number("train.scheduler.eta_min", t.scheduler.eta_min, 0, t.lr, high_open=False)
     _number("train.ema_decay", t.ema_decay, 0, 1)
     _validate_schedule(t)
+    _validate_budget(cfg)
     if t.get("threads") is not None:
         _positive_int("train.threads", t.threads)
     if not isinstance(cfg.data.num_workers, int) or cfg.data.num_workers < 0:
         raise PreflightError(f"data.num_workers={cfg.data.num_workers!r} must be an integer >= 0")
     device = str(t.device)
     _validate_device(device)
+
+
+def _validate_budget(cfg: DictConfig) -> None:
+    budget = cfg.train.get("budget", "gt_images")
+    if budget not in build.BUDGETS:
+        raise PreflightError(f"train.budget={budget!r} is unknown; allowed: {', '.join(build.BUDGETS)}")
+    k = build.views(cfg)
+    if budget == "forward_passes" and cfg.train.batch_size % k:
+        raise PreflightError(f"train.batch_size={cfg.train.batch_size} is not a multiple of the {k} degraded views "
+                             f"per GT patch its regularisers ask for (train.budget=forward_passes splits the batch)")
 
 
 def _validate_schedule(t) -> None:

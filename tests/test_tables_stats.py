@@ -217,7 +217,8 @@ def test_experiment_presets_compose_their_grids():
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     from sweeper.compose import compose
-    sizes = {"fig1": 4, "position": 7, "inblock": 4, "probability": 10, "kind": 4, "bicubic_vs_multi": 4}
+    sizes = {"fig1": 4, "position": 7, "inblock": 4, "probability": 10, "kind": 4, "bicubic_vs_multi": 4,
+             "regularizers": 5, "backbones": 18, "droppath": 8}
     for name, size in sizes.items():
         cfg = compose([f"+experiment={name}"], return_hydra_config=True)
         params = [f"{k}={v}" for k, v in cfg.hydra.sweeper.params.items()] + ["seed=0,1"]
