@@ -16,10 +16,11 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from srcore.evaluation import evaluate
+from srcore.evaluation.scoring import EvaluationStopped
 from srcore.models.checkpoint import save_weights
 from srcore.train import Interrupted, train
 from sweeper import build
-from sweeper.jobstate import RESULTS, JobStatus, read_results, where, write_json
+from sweeper.jobstate import RESULTS, STATUS, JobStatus, read_json, read_results, where, write_json
 from sweeper.optuna_report import Pruned
 from sweeper.preemption import StopRequest
 from sweeper.preflight import validate_config
@@ -29,6 +30,7 @@ log = logging.getLogger(__name__)
 
 CHECKPOINT = "checkpoint.pt"
 WEIGHTS = "model.pt"
+EVAL_PARTIAL = "eval_partial.json"  # the images scored before a stop request during evaluation
 
 
 def run_job(cfg: DictConfig, job_dir: Path, job_name: str, tags: list[str]) -> dict:
@@ -40,6 +42,8 @@ def run_job(cfg: DictConfig, job_dir: Path, job_name: str, tags: list[str]) -> d
     job_dir = Path(job_dir)
     done = read_results(job_dir)
     if done is not None:
+        if not (read_json(job_dir / STATUS) or {}).get("wandb_finished") and cfg.logger.mode != "disabled":
+            repair_wandb_run(cfg, job_dir, job_name, tags, done)
         log.info("%s: finished earlier, skipping (delete %s to rerun)", job_name, job_dir / RESULTS)
         return done["metrics"]
     validate_config(cfg)
@@ -49,9 +53,10 @@ def run_job(cfg: DictConfig, job_dir: Path, job_name: str, tags: list[str]) -> d
     with StopRequest() as stop:
         try:
             return _train_and_evaluate(cfg, job_dir, job_name, tags, status, stop)
-        except Interrupted as e:
-            status.write(state="interrupted", iteration=e.iteration,
-                         reason=f"{signal.Signals(stop.signum).name} at iteration {e.iteration}; state saved")
+        except (Interrupted, EvaluationStopped) as e:
+            where_ = (f"at iteration {e.iteration}; state saved" if isinstance(e, Interrupted) else
+                      f"during evaluation after {len(e.rows)} images; those are kept")
+            status.write(state="interrupted", reason=f"{signal.Signals(stop.signum).name} {where_}")
             log.warning("%s: %s", job_name, e)
             stop.hand_over()
             raise
@@ -102,9 +107,7 @@ def _train_and_evaluate(cfg: DictConfig, job_dir: Path, job_name: str, tags: lis
         status.write(iteration=cfg.train.iterations, phase="evaluating")
         t0 = time.perf_counter()
         net = final if cfg.eval.use_ema else model
-        rows, means = evaluate(net, test_sets, list(cfg.eval.degradations), cfg.scale, cfg.eval.crop_border,
-                               cfg.eval.noise_seed, settings.device,
-                               save_dir=job_dir / "images" if cfg.eval.save_images else None)
+        rows, means = _evaluate(cfg, net, test_sets, job_dir, settings.device, stop)
         eval_seconds = time.perf_counter() - t0
 
         metrics = {f"test/{k}": v for k, v in means.items()}
@@ -116,12 +119,41 @@ def _train_and_evaluate(cfg: DictConfig, job_dir: Path, job_name: str, tags: lis
         if cfg.get("interpret") and cfg.interpret.after_training:
             run.summarize(interpret_after_training(cfg, net, test_sets, job_dir, job_name))
         write_json(job_dir / RESULTS, results)
+        (job_dir / EVAL_PARTIAL).unlink(missing_ok=True)
         status.write(state="done", phase=None)
         exit_code = 0
         log.info("%s: done (train %.1fs, eval %.1fs)", job_name, train_seconds, eval_seconds)
         return metrics
     finally:
-        run.finish(exit_code)
+        if run.finish(exit_code) and exit_code == 0:
+            status.write(wandb_finished=True)  # without it, a rerun completes the wandb run
+
+
+def _evaluate(cfg: DictConfig, net, test_sets: dict, job_dir: Path, device, stop: StopRequest):
+    """The test protocol, stopping between two images on a stop request: the images scored so
+    far are kept in ``eval_partial.json`` and a rerun scores only the others."""
+    partial = job_dir / EVAL_PARTIAL
+    done = (read_json(partial) or {}).get("rows", [])
+    try:
+        return evaluate(net, test_sets, list(cfg.eval.degradations), cfg.scale, cfg.eval.crop_border,
+                        cfg.eval.noise_seed, device, save_dir=job_dir / "images" if cfg.eval.save_images else None,
+                        done=done, should_stop=lambda: stop.requested)
+    except EvaluationStopped as e:
+        write_json(partial, {"rows": e.rows})
+        raise
+
+
+def repair_wandb_run(cfg: DictConfig, job_dir: Path, job_name: str, tags: list[str], results: dict) -> None:
+    """A job killed after writing its results but before its wandb run finished: log the results
+    (the job's own truth) to the same run again and finish it, so the dashboard and the tables
+    see a finished run."""
+    log.info("%s: finished earlier, but its wandb run did not; completing it from %s", job_name, RESULTS)
+    run = JobRun(cfg, job_dir, job_name, tags, start_service(cfg))
+    means = {k.removeprefix("test/"): v for k, v in results["metrics"].items()}
+    summary = {**results["metrics"], **{k: results[k] for k in ("train_seconds", "eval_seconds") if k in results}}
+    run.log_results(results["per_image"], means, summary)
+    if run.finish(0):
+        write_json(job_dir / STATUS, {**(read_json(job_dir / STATUS) or {}), "wandb_finished": True})
 
 
 def _validator(cfg: DictConfig, test_sets: dict):

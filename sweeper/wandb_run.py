@@ -106,8 +106,11 @@ class JobRun:
     def summarize(self, values: dict) -> None:
         self.run.summary.update(values)
 
-    def finish(self, exit_code: int) -> None:
+    def finish(self, exit_code: int) -> bool:
+        """Finish the run; False (with a warning) when wandb could not."""
         try:
             self.run.finish(exit_code=exit_code)
         except Exception as e:  # a signal to the whole job step (scancel) may have ended wandb's service
             log.warning("%s: wandb could not finish the run: %s", self.job_name, e)
+            return False
+        return self.lost is None

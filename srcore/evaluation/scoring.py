@@ -9,7 +9,7 @@ constants (``srcore.evaluation.TEST_DEGRADATIONS``, e.g. in the analysis tools) 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +26,15 @@ if TYPE_CHECKING:
 METRICS = ("psnr", "psnr_y", "ssim_y")
 
 
+class EvaluationStopped(Exception):
+    """Evaluation stopped on request between two images; ``rows`` are the images scored so far
+    (pass them back as ``done`` to continue where it stopped)."""
+
+    def __init__(self, rows: list[dict]):
+        super().__init__(f"evaluation stopped on request after {len(rows)} scored images")
+        self.rows = rows
+
+
 def super_resolve(model: torch.nn.Module, lr_uint8: np.ndarray, device: torch.device) -> np.ndarray:
     import torch
 
@@ -36,19 +45,30 @@ def super_resolve(model: torch.nn.Module, lr_uint8: np.ndarray, device: torch.de
 
 
 def evaluate_suite(model: torch.nn.Module, cases: Iterable[EvalCase], crop_border: int,
-                   device: torch.device | str = "cpu", save_dir: Path | None = None) -> tuple[list[dict], dict]:
+                   device: torch.device | str = "cpu", save_dir: Path | None = None, done: Iterable[dict] = (),
+                   should_stop: Callable[[], bool] = lambda: False) -> tuple[list[dict], dict]:
     """Score ``model`` (put in eval mode) on every case of a suite, in its order.
 
     Returns per-image rows ``{"set", "image", "degradation", *METRICS}`` and the per
     set x degradation means as a flat dict ``{"<set>/<degradation>/<metric>": value}``. With
     ``save_dir``, each SR image is written to ``<save_dir>/<set>/<degradation>/<image>.png``.
+    Rows in ``done`` (an earlier, stopped evaluation's) are kept instead of scored again;
+    ``should_stop`` is asked before each new image, and ``EvaluationStopped`` carries the rows
+    so far when it says so.
     """
     import torch
 
     device = torch.device(device)
     model.eval()
+    finished = {(r["set"], r["image"], r["degradation"]): r for r in done}
     rows = []
     for case in cases:
+        earlier = finished.get((case.set, case.image, case.degradation))
+        if earlier is not None:
+            rows.append(earlier)
+            continue
+        if should_stop():
+            raise EvaluationStopped(rows)
         sr = super_resolve(model, case.lr, device)
         rows.append({
             "set": case.set, "image": case.image, "degradation": case.degradation,
@@ -63,10 +83,12 @@ def evaluate_suite(model: torch.nn.Module, cases: Iterable[EvalCase], crop_borde
 
 def evaluate(model: torch.nn.Module, test_sets: dict[str, list[tuple[str, np.ndarray]]],
              degradations: list[str], scale: int, crop_border: int, base_seed: int = 0,
-             device: torch.device | str = "cpu", save_dir: Path | None = None) -> tuple[list[dict], dict]:
+             device: torch.device | str = "cpu", save_dir: Path | None = None, done: Iterable[dict] = (),
+             should_stop: Callable[[], bool] = lambda: False) -> tuple[list[dict], dict]:
     """Evaluate ``model`` (put in eval mode) on every set x degradation of the paper's protocol
     (``PaperSuite``); returns what ``evaluate_suite`` does."""
-    return evaluate_suite(model, PaperSuite(test_sets, degradations, scale, base_seed), crop_border, device, save_dir)
+    return evaluate_suite(model, PaperSuite(test_sets, degradations, scale, base_seed), crop_border, device, save_dir,
+                          done, should_stop)
 
 
 def summarize(rows: list[dict]) -> dict:
