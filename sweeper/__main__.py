@@ -1,4 +1,5 @@
-"""`python -m sweeper [-m] key=value ...`: run one job, or a grid with -m."""
+"""`python -m sweeper [-m] key=value ...` (or the console script `sr-sweep`, which Hydra's tab
+completion needs): run one job, or a grid with -m."""
 import sys
 
 from sweeper.naming import sweep_name_from_argv
@@ -13,8 +14,12 @@ def with_sweep_name(argv: list[str]) -> list[str]:
     return argv
 
 
-if __name__ == "__main__":
+def main() -> None:
     sys.argv = with_sweep_name(sys.argv)
-    from sweeper.app import main
+    from sweeper.app import main as app
 
+    app()
+
+
+if __name__ == "__main__":
     main()
