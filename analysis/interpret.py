@@ -39,16 +39,16 @@ def load_model(target: Path, backbone: str | None, num_feat: int | None, num_blo
     + .hydra/config.yaml) or a weights file: this project's, or a BasicSR / official one
     (params / params_ema) given its ``backbone``, whose settings are read off the weights
     (``num_feat`` / ``num_block`` override them). Loaded with weights_only."""
-    if target.is_dir():
-        from omegaconf import OmegaConf
-        cfg = OmegaConf.load(target / ".hydra" / "config.yaml")
-        return load_model_file(target / "model.pt"), cfg
     try:
+        if target.is_dir():
+            from omegaconf import OmegaConf
+            cfg = OmegaConf.load(target / ".hydra" / "config.yaml")
+            return load_model_file(target / "model.pt"), cfg
         if not backbone:
             return load_model_file(target), None
         overrides = {k: v for k, v in (("num_feat", num_feat), ("num_block", num_block)) if v}
         return load_official(target, backbone, **overrides), None
-    except ValueError as e:
+    except (ValueError, FileNotFoundError) as e:  # CheckpointError among them: one line, no traceback
         raise SystemExit(f"error: {e}") from None
 
 

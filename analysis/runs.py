@@ -1,7 +1,8 @@
 """Runs -> one pandas row per run, read from the wandb logs (offline run files; no server).
 
 Columns: ``sweep``, ``sweep_dir``, ``run_dir``, ``run_id``, ``name``, ``state``
-(finished | failed | unfinished), ``runtime`` (s), ``config`` (the resolved config), one
+(finished | failed | unfinished | corrupt: its file cannot be read, the row still shows the
+job's settings), ``runtime`` (s), ``config`` (the resolved config), one
 ``swept.<key>`` column per override the job was launched with, and one
 ``test/<set>/<degradation>/<metric>`` column per final metric. ``per_image_frame`` gives the
 per-image metrics of those runs.
@@ -28,7 +29,8 @@ def parse_tags(tags: list[str]) -> dict[str, str]:
 
 def _job_overrides(job_dir: Path) -> list[str]:
     """The job's overrides from what the sweep wrote (for runs whose wandb record never got
-    written: a job killed early leaves a .wandb file with no run record): the sweep's
+    written: a job killed early leaves a .wandb file with no run record, a damaged file has
+    none that can be read): the sweep's
     ``jobs.json``, else the job's ``status.json``, else Hydra's ``.hydra/overrides.yaml``."""
     manifest = _read_json(job_dir.parent / "jobs.json") or {}
     for job in manifest.get("jobs", []):
@@ -53,8 +55,9 @@ def _read_json(path: Path) -> dict | None:
 
 def runs_frame(root: str | Path) -> pd.DataFrame:
     rows = []
-    for run in read_runs(Path(root), history=False, skip_corrupt=True):
-        metrics = {k: v for k, v in run.summary.items() if k.startswith("test/") and isinstance(v, (int, float))}
+    for run in read_runs(Path(root), history=False, keep_corrupt=True):
+        metrics = {k: v for k, v in run.summary.items()
+                   if k.startswith(("test/", "seal/")) and isinstance(v, (int, float))}
         job_dir = run.path.parents[2]
         tags = run.tags or _job_overrides(job_dir)
         rows.append({"sweep": run.group or _sweep_dir(run).name, "sweep_dir": str(_sweep_dir(run)),

@@ -15,6 +15,7 @@ import pandas as pd
 
 from analysis.figures import write_figures
 from analysis.runs import per_image_frame, runs_frame
+from analysis.seal_table import write_seal_table
 from analysis.stats import AVERAGE, LEVEL, SIGNIFICANCE, STAT_COLUMNS, TEST_DEGRADATION, TEST_SET, ablation_stats
 from srcore.evaluation import TEST_DEGRADATIONS
 
@@ -190,6 +191,64 @@ def interpretation_table(runs: pd.DataFrame) -> pd.DataFrame | None:
     return frame.set_index(index) if index else frame
 
 
+def has_scores(runs: pd.DataFrame, metric: str) -> bool:
+    """Whether a finished run of the sweep has a test score in ``metric`` (else there is no table)."""
+    cols = [c for c in runs.columns if c.startswith("test/") and c.endswith(f"/{metric}")]
+    return bool(cols) and runs.loc[runs["state"] == "finished", cols].notna().any(axis=None)
+
+
+def status_table(runs: pd.DataFrame, title: str, metric: str) -> str:
+    """What a sweep without scores shows instead of its table: each run's settings and state."""
+    keys = [c for c in runs.columns if c.startswith("swept.") and runs[c].astype(str).nunique() > 1]
+    rows = runs[keys + ["state", "name"]].rename(columns=lambda c: c.removeprefix("swept."))
+    return (f"## {title}\n\nNo finished run has test {metric} scores yet, so there is no table; "
+            f"the runs and their states:\n\n{rows.to_markdown(index=False)}\n")
+
+
+def sweep_tables(sweep_dir: Path, runs: pd.DataFrame, metric: str) -> None:
+    """Write and print one sweep's tables (or its runs' states when none has scores)."""
+    name = runs["sweep"].mode().iloc[0]
+    out = Path(sweep_dir) / "tables"
+    if not has_scores(runs, metric):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "status.md").write_text(status_table(runs, name, metric))
+        print(status_table(runs, name, metric))
+    else:
+        print(write_tables(runs, out, name, metric))
+    seal = write_seal_table(runs, out, name)  # eval=seal: the sweep beside SEAL's published models
+    if seal:
+        print(seal)
+    interp = interpretation_table(runs)
+    if interp is not None:  # CHI and evenness next to PSNR (python -m analysis.interpret)
+        (out / "interpretation.md").write_text(interp.to_markdown(floatfmt=".4f"))
+        interp.to_csv(out / "interpretation.csv")
+        print("**Interpretation** (channel-saliency evenness and degradation-cluster CHI)\n\n"
+              + interp.to_markdown(floatfmt=".4f") + "\n")
+    trials = Path(sweep_dir) / "trials.csv"
+    if trials.exists():  # an Optuna study: its trials, best first
+        frame = pd.read_csv(trials)
+        if "value" in frame:
+            frame = frame.sort_values("value", ascending=False, na_position="last")
+        (out / "trials.md").write_text(frame.to_markdown(index=False, floatfmt=".3f"))
+        print(f"**Optuna trials** ({trials})\n\n" + frame.to_markdown(index=False, floatfmt=".3f") + "\n")
+    n_done = int((runs["state"] == "finished").sum())
+    print(f"({n_done}/{len(runs)} runs finished; tables written to {out})\n")
+
+
+def _each_sweep(groups, make) -> int:
+    """Run ``make(sweep, runs)`` for every sweep; one that fails is reported in one line and the
+    others still get their tables. The exit status: 1 if any failed."""
+    failed = 0
+    for sweep, runs in groups:
+        try:
+            make(sweep, runs)
+        except Exception as e:  # noqa: BLE001 - one bad sweep must not stop the others
+            failed += 1
+            print(f"error: sweep {sweep}: no tables ({type(e).__name__}: {' '.join(str(e).split())[:300]})",
+                  file=sys.stderr)
+    return 1 if failed else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("root", nargs="?", default="outputs/sweeps", help="a sweep folder, or a folder of sweeps")
@@ -206,10 +265,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: no runs in {args.wandb} matching group={args.group} tags={args.tag}", file=sys.stderr)
             return 2
         images = per_image_frame_api(runs)
-        for sweep, sweep_runs in runs.groupby("sweep", sort=True, dropna=False):
-            out = args.out / str(sweep)
-            print(write_tables(sweep_runs, out, str(sweep), args.metric, images[images["run_id"].isin(sweep_runs["run_id"])]))
-        return 0
+        return _each_sweep(runs.groupby("sweep", sort=True, dropna=False), lambda sweep, sweep_runs: print(
+            write_tables(sweep_runs, args.out / str(sweep), str(sweep), args.metric,
+                         images[images["run_id"].isin(sweep_runs["run_id"])])))
     root = Path(args.root)
     if not root.exists():
         print(f"error: {root} does not exist (run a sweep first: python -m sweeper -m ...)", file=sys.stderr)
@@ -218,26 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     if runs.empty:
         print(f"error: no wandb runs under {root}", file=sys.stderr)
         return 2
-    for sweep_dir, sweep_runs in runs.groupby("sweep_dir", sort=True):
-        name = sweep_runs["sweep"].mode().iloc[0]
-        md = write_tables(sweep_runs, Path(sweep_dir) / "tables", name, args.metric)
-        n_done = int((sweep_runs["state"] == "finished").sum())
-        print(md)
-        interp = interpretation_table(sweep_runs)
-        if interp is not None:  # CHI and evenness next to PSNR (python -m analysis.interpret)
-            (Path(sweep_dir) / "tables" / "interpretation.md").write_text(interp.to_markdown(floatfmt=".4f"))
-            interp.to_csv(Path(sweep_dir) / "tables" / "interpretation.csv")
-            print("**Interpretation** (channel-saliency evenness and degradation-cluster CHI)\n\n"
-                  + interp.to_markdown(floatfmt=".4f") + "\n")
-        trials = Path(sweep_dir) / "trials.csv"
-        if trials.exists():  # an Optuna study: its trials, best first
-            frame = pd.read_csv(trials)
-            if "value" in frame:
-                frame = frame.sort_values("value", ascending=False, na_position="last")
-            (Path(sweep_dir) / "tables" / "trials.md").write_text(frame.to_markdown(index=False, floatfmt=".3f"))
-            print(f"**Optuna trials** ({trials})\n\n" + frame.to_markdown(index=False, floatfmt=".3f") + "\n")
-        print(f"({n_done}/{len(sweep_runs)} runs finished; tables written to {Path(sweep_dir) / 'tables'})\n")
-    return 0
+    return _each_sweep(runs.groupby("sweep_dir", sort=True),
+                       lambda sweep_dir, sweep_runs: sweep_tables(sweep_dir, sweep_runs, args.metric))
 
 
 if __name__ == "__main__":

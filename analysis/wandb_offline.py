@@ -115,10 +115,12 @@ class OfflineRun:
     history: list[dict] = field(default_factory=list)  # empty if read with history=False
     exit_code: int | None = None
     state: str = "unfinished"  # finished (exit 0) | failed (exit != 0) | unfinished (no exit record)
+    # | corrupt (the file cannot be read: ``error`` says why; read_runs(keep_corrupt=True) only)
     start_time: float | None = None  # unix seconds
     runtime: float | None = None  # seconds
     resumed: bool = False  # run record says resume=true (see the module docstring)
     truncated: bool = False  # file ends inside a record (killed writer)
+    error: str | None = None  # why a corrupt file could not be read
 
 
 # --------------------------------------------------------------------------- framing
@@ -354,11 +356,14 @@ def find_run_files(root) -> list[Path]:
     return sorted(found)
 
 
-def read_runs(root, dedupe: bool = True, history: bool = True, skip_corrupt: bool = False) -> list[OfflineRun]:
+def read_runs(root, dedupe: bool = True, history: bool = True, skip_corrupt: bool = False,
+              keep_corrupt: bool = False) -> list[OfflineRun]:
     """Parse every run under ``root``, ordered by start time.
 
     With ``skip_corrupt``, a corrupt file is reported with a warning and left out
-    instead of aborting the whole read.
+    instead of aborting the whole read; with ``keep_corrupt`` it is reported and becomes a
+    run of state ``corrupt`` (its id from the file name, ``error`` saying why), so that its
+    job still shows, unless another file of the same run id reads fine.
 
     With ``dedupe``, keep one run per run id: the latest start_time, then the
     latest directory (``offline-run-<timestamp>-<id>[-<n>]``, see _recency).  A
@@ -372,14 +377,18 @@ def read_runs(root, dedupe: bool = True, history: bool = True, skip_corrupt: boo
         try:
             runs.append(read_run(path, history=history))
         except WandbFileError as e:
-            if not skip_corrupt:
+            if not (skip_corrupt or keep_corrupt):
                 raise
-            warnings.warn(f"skipping corrupt wandb run file: {e}", stacklevel=2)
+            warnings.warn(f"{'corrupt' if keep_corrupt else 'skipping corrupt'} wandb run file: {e}", stacklevel=2)
+            if keep_corrupt:
+                runs.append(OfflineRun(run_id=path.stem.removeprefix("run-"), path=path, state="corrupt",
+                                       error=str(e)))
     if dedupe:
         by_id: dict[str, list[OfflineRun]] = {}
         for r in runs:
             by_id.setdefault(r.run_id, []).append(r)
-        runs = [_merge(sorted(group, key=_recency)) for group in by_id.values()]
+        runs = [_merge(sorted([r for r in group if r.state != "corrupt"] or group[-1:], key=_recency))
+                for group in by_id.values()]
     # a run with no start record (killed before wandb wrote one) goes last
     return sorted(runs, key=lambda r: (r.start_time or float("inf"), str(r.path)))
 

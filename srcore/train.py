@@ -5,6 +5,8 @@ Plain Python, no framework: a job builds the model (with its regularisers, see
 ``srcore.models.build_model``), the patch dataset and the degradation, then calls ``train``.
 A checkpoint holds everything needed to continue bit-identically (on CPU): model, EMA,
 optimizer, scheduler, iteration and the RNG states; ``train`` resumes from it when it exists.
+The one before it is kept (``checkpoint.prev.pt``): a damaged latest one (a write cut short by
+a full disk, a truncated copy) falls back to it instead of failing every rerun.
 Regularisers add nothing to it: their state is a function of the iteration, set before every
 forward pass (``Regularizer.set_iteration``), and their random draws come from torch's global
 RNG (in the checkpoint). A regulariser asking for k ``views`` makes every GT patch of a batch
@@ -15,7 +17,9 @@ from __future__ import annotations
 import copy
 import logging
 import math
+import os
 import random
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -28,6 +32,7 @@ from torch.utils.data import DataLoader
 
 from srcore.atomic import atomic_write
 from srcore.data import KeyRange, TrainPatches
+from srcore.models.checkpoint import CheckpointError, read_torch_file
 from srcore.regularizers import Regularizer
 from srcore.schedule import CosineAnnealingRestartLR, ema_update
 
@@ -105,23 +110,91 @@ class TrainingState:
         self.sched = CosineAnnealingRestartLR(self.opt, cfg.periods, cfg.restart_weights, cfg.eta_min)
 
     def resume(self, checkpoint: Path) -> int:
-        """Load the checkpoint if there is one; the iteration it was taken at (0 if none)."""
-        if not Path(checkpoint).exists():
+        """Load the newest readable checkpoint (``read_latest_checkpoint``); the iteration it was
+        taken at, 0 if there is none."""
+        checkpoint = Path(checkpoint)
+        state, path = read_latest_checkpoint(checkpoint)
+        if state is None:
             return 0
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        self.model.load_state_dict(state["model"])
-        self.ema.load_state_dict(state["ema"])
-        self.opt.load_state_dict(state["optimizer"])
-        self.sched.load_state_dict(state["scheduler"])
-        _restore_rng_states(state["rng"], self.gen)
-        log.info("resumed from %s at iteration %d", checkpoint, state["iteration"])
+        try:
+            self.model.load_state_dict(state["model"])
+            self.ema.load_state_dict(state["ema"])
+            self.opt.load_state_dict(state["optimizer"])
+            self.sched.load_state_dict(state["scheduler"])
+            _restore_rng_states(state["rng"], self.gen)
+        except (RuntimeError, ValueError, KeyError, TypeError) as e:  # written for another network or optimizer
+            raise CheckpointError(f"{path}: does not fit this job's model and optimizer "
+                                  f"({str(e).strip().splitlines()[0][:200]}); delete {checkpoint.name} and "
+                                  f"{previous_checkpoint(checkpoint).name} to train from scratch") from None
+        log.info("resumed from %s at iteration %d", path, state["iteration"])
         return state["iteration"]
 
     def save(self, checkpoint: Path, iteration: int) -> None:
         state = {"iteration": iteration, "model": self.model.state_dict(), "ema": self.ema.state_dict(),
                  "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                  "rng": _rng_states(self.gen)}
+        checkpoint = Path(checkpoint)
+        if checkpoint.exists():
+            _keep_as_previous(checkpoint)
         atomic_write(checkpoint, lambda f: torch.save(state, f))
+
+
+# --- Checkpoint files: the latest and the one before it -------------------------------------
+
+CHECKPOINT_KEYS = ("iteration", "model", "ema", "optimizer", "scheduler", "rng")
+
+
+def previous_checkpoint(checkpoint: Path) -> Path:
+    """Where the checkpoint before the latest is kept (``checkpoint.prev.pt``)."""
+    return checkpoint.with_name(f"{checkpoint.stem}.prev{checkpoint.suffix}")
+
+
+def _keep_as_previous(checkpoint: Path) -> None:
+    """Make the current checkpoint the previous one, atomically and without ever removing the
+    current one: a hard link renamed onto ``previous_checkpoint`` (a copy where the filesystem
+    has no hard links). The new checkpoint then replaces the current one by its own rename."""
+    previous = previous_checkpoint(checkpoint)
+    tmp = checkpoint.with_name(f".{previous.name}.{os.getpid()}.tmp")  # a partial write to a job's start
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(checkpoint, tmp)
+    except OSError:
+        shutil.copyfile(checkpoint, tmp)
+    os.replace(tmp, previous)
+
+
+def _read_training_state(path: Path) -> dict:
+    state = read_torch_file(path)
+    missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
+    if missing:
+        raise CheckpointError(f"{path}: not a training checkpoint (no {', '.join(missing)})")
+    return state
+
+
+def read_latest_checkpoint(checkpoint: Path) -> tuple[dict | None, Path | None]:
+    """The newest readable training state and its file: ``checkpoint``, else the previous one.
+
+    A file that cannot be read (empty, truncated, damaged, or refused because it holds more than
+    tensors) is renamed ``<name>.corrupt`` (kept for a look, and out of the next rotation) with a
+    warning naming it; with no readable file left, training starts over, saying so.
+    ``(None, None)``: start from iteration 0."""
+    problems = []
+    for path in (checkpoint, previous_checkpoint(checkpoint)):
+        if not path.exists():
+            continue
+        try:
+            state = _read_training_state(path)
+        except CheckpointError as e:
+            os.replace(path, path.with_name(path.name + ".corrupt"))
+            problems.append(f"{e} (kept as {path.name}.corrupt)")
+            continue
+        if problems:
+            log.warning("%s; resuming from the previous checkpoint %s (iteration %d)", problems[0], path,
+                        state["iteration"])
+        return state, path
+    if problems:
+        log.warning("%s; no readable checkpoint is left: training starts over from iteration 0", "; ".join(problems))
+    return None, None
 
 
 def degraded_views(degrade: Degrade, hr: torch.Tensor, gen: torch.Generator, views: int):

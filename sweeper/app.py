@@ -9,6 +9,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
 import sweeper.naming as naming
+from srcore.models.checkpoint import CheckpointError
 from sweeper.compose import CONF_DIR
 from sweeper.job import run_job
 from sweeper.preflight import PreflightError
@@ -20,6 +21,6 @@ def main(cfg: DictConfig) -> dict:
     job_overrides = naming.result_overrides(hc.overrides.task)
     try:
         return run_job(cfg, Path(hc.runtime.output_dir), naming.job_dirname(hc.overrides.task), tags=job_overrides)
-    except PreflightError as e:  # a user error: say what is wrong, without a traceback
+    except (PreflightError, CheckpointError) as e:  # a user error: say what is wrong, without a traceback
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None

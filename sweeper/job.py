@@ -17,6 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from srcore.evaluation import evaluate
 from srcore.evaluation.scoring import EvaluationStopped
+from srcore.evaluation.seal import case_means, evaluate_seal
 from srcore.models.checkpoint import save_weights
 from srcore.train import Interrupted, train
 from sweeper import build
@@ -107,15 +108,16 @@ def _train_and_evaluate(cfg: DictConfig, job_dir: Path, job_name: str, tags: lis
         status.write(iteration=cfg.train.iterations, phase="evaluating")
         t0 = time.perf_counter()
         net = final if cfg.eval.use_ema else model
-        rows, means = _evaluate(cfg, net, test_sets, job_dir, settings.device, stop)
+        rows, means, seal = _evaluate(cfg, net, test_sets, job_dir, settings.device, stop)
         eval_seconds = time.perf_counter() - t0
 
-        metrics = {f"test/{k}": v for k, v in means.items()}
-        run.log_results(rows, means, {**metrics, "train_seconds": train_seconds, "eval_seconds": eval_seconds})
+        metrics = {**{f"test/{k}": v for k, v in means.items()},
+                   **{f"seal/{k}": v for k, v in (seal or {}).get("summary", {}).items()}}
+        run.log_results(rows, means, {**metrics, "train_seconds": train_seconds, "eval_seconds": eval_seconds}, seal)
         results = {"job": job_name, "sweep": cfg.sweep_name, "run_id": run.id, "tags": tags,
                    "config": OmegaConf.to_container(cfg, resolve=True), "metrics": metrics,
-                   "per_image": rows, "train_seconds": train_seconds, "eval_seconds": eval_seconds,
-                   "attempt": status.data["attempt"], "ran_on": where()}
+                   "per_image": rows, **({"seal": seal} if seal else {}), "train_seconds": train_seconds,
+                   "eval_seconds": eval_seconds, "attempt": status.data["attempt"], "ran_on": where()}
         if cfg.get("interpret") and cfg.interpret.after_training:
             run.summarize(interpret_after_training(cfg, net, test_sets, job_dir, job_name))
         write_json(job_dir / RESULTS, results)
@@ -130,7 +132,25 @@ def _train_and_evaluate(cfg: DictConfig, job_dir: Path, job_name: str, tags: lis
 
 
 def _evaluate(cfg: DictConfig, net, test_sets: dict, job_dir: Path, device, stop: StopRequest):
-    """The test protocol, stopping between two images on a stop request: the images scored so
+    """The test suites of ``eval.suites``: (the paper's per-image rows, their per set x
+    degradation means, SEAL's summary and per-case means or None)."""
+    suites = list(cfg.eval.get("suites", ["paper"]))
+    rows, means = _evaluate_paper(cfg, net, test_sets, job_dir, device, stop) if "paper" in suites else ([], {})
+    return rows, means, _evaluate_seal(cfg, net, device) if "seal" in suites else None
+
+
+def _evaluate_seal(cfg: DictConfig, net, device) -> dict:
+    """SEAL's 100 cases: the summary (PSNR-S, AR, RPR per metric) and the per-case means."""
+    cases = cfg.eval.get("seal_cases")
+    rows, summary = evaluate_seal(net, cfg.eval.seal_root, device, cfg.eval.seal_batch_size, cfg.eval.seal_workers,
+                                  cases=list(cases) if cases is not None else None)
+    cases, per_case = case_means(rows)
+    return {"summary": summary,
+            "cases": [{"case": c, **{m: float(v[k]) for m, v in per_case.items()}} for k, c in enumerate(cases)]}
+
+
+def _evaluate_paper(cfg: DictConfig, net, test_sets: dict, job_dir: Path, device, stop: StopRequest):
+    """The paper's protocol, stopping between two images on a stop request: the images scored so
     far are kept in ``eval_partial.json`` and a rerun scores only the others."""
     partial = job_dir / EVAL_PARTIAL
     done = (read_json(partial) or {}).get("rows", [])
@@ -151,7 +171,7 @@ def repair_wandb_run(cfg: DictConfig, job_dir: Path, job_name: str, tags: list[s
     run = JobRun(cfg, job_dir, job_name, tags, start_service(cfg))
     means = {k.removeprefix("test/"): v for k, v in results["metrics"].items()}
     summary = {**results["metrics"], **{k: results[k] for k in ("train_seconds", "eval_seconds") if k in results}}
-    run.log_results(results["per_image"], means, summary)
+    run.log_results(results["per_image"], means, summary, results.get("seal"))
     if run.finish(0):
         write_json(job_dir / STATUS, {**(read_json(job_dir / STATUS) or {}), "wandb_finished": True})
 

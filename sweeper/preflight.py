@@ -1,16 +1,24 @@
 """Pre-flight checks: a composed job config is validated before any work starts.
 
-Every message names the offending key and value and what is allowed.
+Every message names the offending key and value and what is allowed. Also checked before
+anything is launched: that the output folder can be written, and under SLURM that one task's
+request (CPUs, memory, GPUs) fits on some node of its partition (``sinfo``).
 """
 from __future__ import annotations
 
 import math
+import re
+import subprocess
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
 
 from omegaconf import DictConfig
 
 from srcore.data import check_image_source, image_sizes
 from srcore.degrade import validate_degradation
-from srcore.evaluation import TEST_DEGRADATIONS
+from srcore.evaluation import SUITES, TEST_DEGRADATIONS
+from srcore.evaluation.seal import check_seal_root
 from srcore.models import check_model
 from sweeper import build
 
@@ -46,6 +54,7 @@ def _validate(cfg: DictConfig) -> None:
         raise PreflightError(f"degradation.gt_size={gt_size!r} must be an integer >= the HR patch "
                              f"(train.patch_size * scale = {cfg.train.patch_size * cfg.scale})")
     _validate_data(cfg)
+    _validate_suites(cfg)
     unknown = [d for d in cfg.eval.degradations if d not in TEST_DEGRADATIONS]
     if unknown:
         raise PreflightError(f"eval.degradations has unknown entries {unknown}; allowed: {', '.join(TEST_DEGRADATIONS)}")
@@ -124,6 +133,15 @@ def _validate_device(device: str) -> None:
         raise PreflightError(f"train.device={device!r} is unknown; allowed: auto, cpu, cuda, cuda:N")
 
 
+def _validate_suites(cfg: DictConfig) -> None:
+    suites = list(cfg.eval.get("suites", ["paper"]))
+    unknown = [s for s in suites if s not in SUITES]
+    if unknown or not suites:
+        raise PreflightError(f"eval.suites={suites} must name one or more of: {', '.join(SUITES)}")
+    if "seal" in suites:
+        check_seal_root(cfg.eval.seal_root)  # one line naming the missing folder or file
+
+
 def _validate_data(cfg: DictConfig) -> None:
     data = cfg.data
     for key, spec in [("data.train", data.train)] + [(f"data.test_sets.{k}", v) for k, v in data.test_sets.items()]:
@@ -150,3 +168,88 @@ def _validate_test_image_sizes(cfg: DictConfig) -> None:
                                      f"{cfg.eval.crop_border}, SSIM window 11): remove it or use another folder")
 
 
+# --- Where the job runs: the output folder, the SLURM partition ------------------------------
+
+def check_output_folder(folder) -> None:
+    """Create ``folder`` (a sweep's or a run's) and a file in it, or say in one line which
+    folder cannot be written and what to do: before any work, instead of a traceback later."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as e:
+        existing = next((p for p in (folder, *folder.parents) if p.exists()), None)
+        why = f"{existing} is a file" if existing is not None and not existing.is_dir() else (e.strerror or str(e))
+        raise PreflightError(f"cannot write the output folder {folder} ({why}); set paths.output_root (or "
+                             "SR_OUTPUT_ROOT) to a folder you can write") from None
+
+
+def _count(value) -> int:
+    """A GPU count out of 2, "2", "a100:2" or a gres "gpu:a100:2(S:0-1)"; 0 for none."""
+    if value in (None, "", "(null)"):
+        return 0
+    return int(re.sub(r"\(.*\)", "", str(value)).split(":")[-1] or 0)
+
+
+def slurm_request(params: Mapping) -> dict:
+    """What one array task asks of its node (SLURM launcher options): CPUs, memory (MB), GPUs."""
+    tasks = int(params.get("tasks_per_node") or 1)
+    gpus = _count(params.get("gpus_per_node")) or tasks * _count(params.get("gpus_per_task")) or sum(
+        _count(g) for g in str(params.get("gres") or "").split(",") if g.startswith("gpu"))
+    cpus = int(params.get("cpus_per_gpu") or 0) * gpus or tasks * int(params.get("cpus_per_task") or 1)
+    mem_mb = int(float(params["mem_gb"]) * 1024) if params.get("mem_gb") else 0
+    return {"partition": params.get("partition"), "cpus": cpus, "mem_mb": mem_mb, "gpus": gpus}
+
+
+def slurm_nodes(partition: str | None) -> tuple[str, list[dict]]:
+    """The partition (the default one if None) and its kinds of node, from ``sinfo``."""
+    try:
+        proc = subprocess.run(["sinfo", "-h", "-o", "%P %c %m %G %T"], capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        raise PreflightError("launcher=slurm but there is no `sinfo` here: run the sweep on a SLURM login node "
+                             "(`make slurm-up` starts a local cluster)") from None
+    if proc.returncode != 0:
+        raise PreflightError(f"launcher=slurm: `sinfo` failed ({' '.join(proc.stderr.split())[:200]}); is the "
+                             "cluster up?")
+    nodes: dict[str, list[dict]] = {}
+    for fields in (line.split(None, 4) for line in proc.stdout.splitlines()):
+        if len(fields) < 5:
+            continue
+        name, cpus, mem, gres, state = fields
+        nodes.setdefault(name, []).append({"cpus": int(cpus.rstrip("+")), "mem_mb": int(mem.rstrip("+")),
+                                           "gpus": sum(_count(g) for g in gres.split(",") if g.startswith("gpu")),
+                                           "state": state})
+    default = next((p for p in nodes if p.endswith("*")), None)
+    name = partition if partition is not None else (default or "").rstrip("*")
+    found = nodes.get(name, []) + nodes.get(f"{name}*", [])
+    if not found:
+        raise PreflightError(f"hydra.launcher.partition={partition!r}: no such partition; sinfo lists "
+                             f"{', '.join(p.rstrip('*') for p in nodes) or 'none'}")
+    return name, found
+
+
+def fits(request: dict, node: dict) -> bool:
+    return all(node[k] >= request[k] for k in ("cpus", "mem_mb", "gpus"))
+
+
+def unmet_request(request: dict) -> tuple[str, str] | None:
+    """(what is wrong, what to lower) when no node of the request's partition can hold one task
+    (``slurm_request``), else None."""
+    partition, nodes = slurm_nodes(request["partition"])
+    if any(fits(request, n) for n in nodes):
+        return None
+    biggest = {k: max(n[k] for n in nodes) for k in ("cpus", "mem_mb", "gpus")}
+    lower = {"cpus": f"cpus_per_task={biggest['cpus']}", "mem_mb": f"mem_gb={biggest['mem_mb'] // 1024}",
+             "gpus": f"gpus_per_node={biggest['gpus']} (or another hydra.launcher.partition)"}
+    advice = " ".join(f"hydra.launcher.{lower[k]}" for k in lower if request[k] > biggest[k])
+    return (f"each task asks for {request['cpus']} CPUs, {request['mem_mb']} MB, {request['gpus']} GPUs but no node "
+            f"of partition {partition!r} has that much (the largest: {biggest['cpus']} CPUs, {biggest['mem_mb']} MB, "
+            f"{biggest['gpus']} GPUs)", advice or "to what one node has (no single node has all of it)")
+
+
+def check_slurm_request(params: Mapping) -> None:
+    """A task must fit on some node of its partition, or SLURM keeps it pending for ever."""
+    unmet = unmet_request(slurm_request(params))
+    if unmet:
+        raise PreflightError(f"launcher=slurm: {unmet[0]}, so it would wait for ever; lower it, e.g. {unmet[1]}")

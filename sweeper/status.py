@@ -1,17 +1,25 @@
 """`python -m sweeper.status <sweep dir>`: where a sweep stands, one line per job.
 
 Reads only the files jobs leave behind (``jobs.json``, ``status.json``, ``results.json``),
-so it works while the sweep runs, after a crash, and on a login node for SLURM jobs.
+so it works while the sweep runs, after a crash, and on a login node for SLURM jobs. Under
+SLURM it also asks the queue (``squeue``) about the tasks the driver submitted
+(``slurm_tasks.json``): a job that has not started shows how long it has been pending and
+why, and a reason that will not clear by itself (a request no node can meet, a partition
+limit, a hold) says so and what to do. The driver reports the same while it waits.
 """
 from __future__ import annotations
 
 import argparse
+import re
+import subprocess
 import sys
 import time
 from collections import Counter
 from pathlib import Path
 
-from sweeper.jobstate import MANIFEST, STATES, job_labels, job_state, read_json
+from sweeper.jobstate import MANIFEST, STATES, job_labels, job_state, read_json, write_json
+
+SLURM_TASKS = "slurm_tasks.json"  # in the sweep folder: {"jobs": {overrides: {task, submitted}}, "request"}
 
 
 def sweep_jobs(sweep_dir: Path) -> list[tuple[Path, str]]:
@@ -35,7 +43,92 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
-def job_line(job_dir: Path, label: str) -> tuple[str, dict]:
+# --- SLURM: the queue's word on tasks that have not started ----------------------------------
+
+# Pending reasons that do not clear by themselves: the request breaks a limit, or someone must act.
+NEVER_CLEARS = {
+    "PartitionConfig": "the partition's configuration refuses the request",
+    "PartitionNodeLimit": "it asks for more nodes than the partition allows",
+    "PartitionTimeLimit": "its time limit (hydra.launcher.timeout_min) is above the partition's",
+    "BadConstraints": "no node has the requested features",
+    "ReqNodeNotAvail": "the nodes it needs are down, drained or reserved",
+    "DependencyNeverSatisfied": "a job it depends on failed",
+    "InvalidAccount": "its account is invalid", "InvalidQOS": "its QOS is invalid",
+    "JobHeldAdmin": "an administrator holds it", "JobHeldUser": "it is held (scontrol release <job>)",
+}
+PER_JOB_LIMIT = re.compile(r"^(QOS|Assoc)\w*PerJob")  # e.g. QOSMaxCpuPerJobLimit: above a per-job limit
+
+
+def job_key(overrides) -> str:
+    """How a job is found in ``slurm_tasks.json``: its result overrides (as in ``jobs.json``)."""
+    return " ".join(overrides)
+
+
+def record_slurm_tasks(sweep_dir: Path, tasks: dict[str, str], request: dict) -> None:
+    """The driver's note of which array task runs each job (``job_key`` -> "<array>_<index>")."""
+    path = Path(sweep_dir) / SLURM_TASKS
+    data = read_json(path) or {}
+    now = time.time()
+    data.setdefault("jobs", {}).update({key: {"task": task, "submitted": now} for key, task in tasks.items()})
+    write_json(path, {**data, "request": request})
+
+
+def queue_states(tasks) -> dict[str, tuple[str, str]]:
+    """squeue's (state, reason) of each task still known to it, e.g. {"123_4": ("PENDING",
+    "Resources")}; {} when squeue cannot answer (no SLURM here, tasks long gone)."""
+    arrays = sorted({str(t).split("_")[0] for t in tasks})
+    if not arrays:
+        return {}
+    try:
+        proc = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(arrays), "-o", "%i %T %r"], capture_output=True,
+                              text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    fields = (line.split(None, 2) for line in proc.stdout.splitlines())
+    return {f[0]: (f[1], f[2] if len(f) > 2 else "") for f in fields if len(f) >= 2}
+
+
+def never_clears(reason: str, request: dict | None) -> str | None:
+    """Why a task pending for ``reason`` cannot start as it is, or None for an ordinary wait.
+    ``Resources`` is ordinary unless no node of the partition can hold the request."""
+    word = reason.split(",")[0].strip()
+    if word in NEVER_CLEARS:
+        return NEVER_CLEARS[word]
+    if PER_JOB_LIMIT.match(word):
+        return f"it is above a per-job limit of its QOS or association ({word})"
+    if word == "Resources" and request:
+        from sweeper.preflight import PreflightError, unmet_request  # sinfo; heavy imports only here
+        try:
+            unmet = unmet_request(request)
+        except PreflightError:  # sinfo cannot answer: nothing to say
+            return None
+        return f"no node can ever run it: {unmet[0]}" if unmet else None
+    return None
+
+
+def pending_note(task: str, state: str, reason: str, since: float | None, request: dict | None) -> tuple[str, bool]:
+    """One line on a queued task (how long it has waited and why, what to do if it will not start
+    as it is), and whether it will not."""
+    waited = f" for {_duration(time.time() - since)}" if since else ""
+    note = f"slurm {task} {state.lower()}{waited} ({reason or 'no reason given'})"
+    why = never_clears(reason, request) if state == "PENDING" else None
+    if why:
+        note += f": will not start as it is: {why}; scancel {task.split('_')[0]} and fix the request"
+    return note, why is not None
+
+
+def queued_notes(sweep_dir: Path) -> dict[str, str]:
+    """``pending_note`` of every job (by folder name) whose SLURM task is still in the queue."""
+    submitted = read_json(Path(sweep_dir) / SLURM_TASKS) or {}
+    manifest = read_json(Path(sweep_dir) / MANIFEST) or {}
+    tasks = {j["name"]: submitted.get("jobs", {}).get(job_key(j["overrides"])) for j in manifest.get("jobs", [])}
+    tasks = {name: t for name, t in tasks.items() if t}
+    states = queue_states(t["task"] for t in tasks.values())
+    return {name: pending_note(t["task"], *states[t["task"]], t.get("submitted"), submitted.get("request"))[0]
+            for name, t in tasks.items() if t["task"] in states}
+
+
+def job_line(job_dir: Path, label: str, queued: str | None = None) -> tuple[str, dict]:
     state, d = job_state(job_dir)
     it, total = d.get("iteration"), d.get("iterations")
     progress = f"{it}/{total}" if total else "-"
@@ -50,6 +143,8 @@ def job_line(job_dir: Path, label: str) -> tuple[str, dict]:
     extra = d.get("reason") if state in ("failed", "interrupted") else (where if state == "running" else "")
     if state == "running" and d.get("phase"):
         extra = f"{d['phase']}, {extra}"
+    if queued and state in ("pending", "interrupted"):  # waiting in the SLURM queue: since when and why
+        extra = f"{extra}, {queued}" if extra else queued
     if d.get("attempt", 1) > 1:
         extra = f"{extra}, attempt {d['attempt']}" if extra else f"attempt {d['attempt']}"
     val_text = f"{val:.2f}" if isinstance(val, (int, float)) else "-"
@@ -60,8 +155,9 @@ def job_line(job_dir: Path, label: str) -> tuple[str, dict]:
 def sweep_status(sweep_dir: Path) -> tuple[list[str], Counter]:
     counts: Counter = Counter()
     lines = [f"{'state':<11} {'iteration':>15} {'val PSNR':>8} {'elapsed':>9}  job"]
+    queued = queued_notes(sweep_dir) if (sweep_dir / SLURM_TASKS).exists() else {}
     for d, label in sweep_jobs(sweep_dir):
-        state, info = job_line(d, label)
+        state, info = job_line(d, label, queued.get(d.name))
         counts[state] += 1
         lines.append(info["line"])
     total = sum(counts.values())

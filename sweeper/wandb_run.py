@@ -51,9 +51,16 @@ def start_service(cfg: DictConfig) -> threading.Thread | None:
     return thread
 
 
-def metrics_tables(rows: list[dict], means: dict) -> dict:
-    """The final metrics as wandb tables: per (set, degradation), and per image."""
+def metrics_tables(rows: list[dict], means: dict, seal: dict | None = None) -> dict:
+    """The final metrics as wandb tables: per (set, degradation), per image, and SEAL's per case."""
     import wandb
+
+    tables = {}
+    if seal:
+        columns = list(seal["cases"][0])
+        tables["seal/cases"] = wandb.Table(columns=columns, data=[[c[k] for k in columns] for c in seal["cases"]])
+    if not rows:
+        return tables
 
     per_set: dict[tuple[str, str], dict] = {}
     for key, value in means.items():
@@ -61,7 +68,8 @@ def metrics_tables(rows: list[dict], means: dict) -> dict:
         per_set.setdefault((test_set, deg), {})[name] = value
     names = sorted({n for v in per_set.values() for n in v})
     columns = list(rows[0])
-    return {"test/metrics": wandb.Table(columns=["set", "degradation", *names],
+    return {**tables,
+            "test/metrics": wandb.Table(columns=["set", "degradation", *names],
                                         data=[[s, d, *(v.get(n) for n in names)] for (s, d), v in per_set.items()]),
             "test/per_image": wandb.Table(columns=columns, data=[[r[c] for c in columns] for r in rows])}
 
@@ -98,10 +106,12 @@ class JobRun:
             self.lost = e
             log.warning("%s: wandb stopped logging (%s); training goes on", self.job_name, e)
 
-    def log_results(self, rows: list[dict], means: dict, summary: dict) -> None:
+    def log_results(self, rows: list[dict], means: dict, summary: dict, seal: dict | None = None) -> None:
         """The final metrics: ``summary`` into the run's summary, the tables onto its page."""
         self.summarize(summary)
-        self.run.log(metrics_tables(rows, means))
+        tables = metrics_tables(rows, means, seal)
+        if tables:
+            self.run.log(tables)
 
     def summarize(self, values: dict) -> None:
         self.run.summary.update(values)

@@ -159,7 +159,7 @@ def test_status_reports_pending_running_failed_and_done(tmp_path, capsys):
     write_json(sweep / "d" / "status.json", {**base, "state": "failed", "iteration": 3, "pid": 1,
                                              "reason": "FloatingPointError: loss is nan at iteration 3"})
     write_json(sweep / "e" / "status.json", {**base, "state": "done", "iteration": 100, "pid": 1})
-    write_json(sweep / "e" / "results.json", {"metrics": {}})
+    write_json(sweep / "e" / "results.json", {"metrics": {"test/x/clean/psnr": 1.0}})
     assert status_main([str(sweep)]) == 1
     out = capsys.readouterr().out.splitlines()
     lines = dict(zip(names, out[2:7]))

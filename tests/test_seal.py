@@ -244,3 +244,26 @@ def test_command_evaluates_all_1400_images(seal_root, tmp_path, capsys):
     assert len(result["rows"]) == 1400 and [c["case"] for c in result["cases"]] == list(range(NUM_CASES))
     assert result["summary"]["psnr_y/cases"] == 93
     print(f"SEAL, 1,400 images: {seconds:.1f} s wall, {result['cpu_seconds']:.1f} s CPU")
+
+
+def test_a_job_scored_on_seal_end_to_end(tmp_path, shared_data):
+    """eval=paper_seal: results.json and the wandb summary hold SEAL's statistics, and the tables
+    put the job beside SEAL's published models."""
+    from analysis.runs import runs_frame
+    from analysis.tables import main as tables_main
+    from tests.conftest import TINY, run_sweeper
+
+    run_sweeper(["-m", *TINY, "eval=paper_seal", "eval.seal_cases=[0,1,2,50]", f"paths.data_root={shared_data}",
+                 "dropout.position=none,last"], tmp_path)
+    (sweep,) = (tmp_path / "sweeps").iterdir()
+    results = [json.loads(p.read_text()) for p in sweep.glob("*/results.json")]
+    assert len(results) == 2
+    for r in results:
+        assert {"seal/psnr_y/S", "seal/psnr_y/AR", "seal/psnr_y/RPR_A", "seal/psnr_y/RPR_U", "seal/psnr_y/RPR_I",
+                "seal/ssim_y/S"} <= set(r["metrics"]) and any(k.startswith("test/") for k in r["metrics"])
+        assert [c["case"] for c in r["seal"]["cases"]] == [0, 1, 2, 50]
+    runs = runs_frame(sweep)
+    assert (runs["state"] == "finished").all() and runs["seal/psnr_y/S"].notna().all()
+    assert tables_main([str(sweep)]) == 0
+    md = (sweep / "tables" / "seal.md").read_text()
+    assert "SEAL (published)" in md and "RealESRNet" in md and "dropout.position=last" in md

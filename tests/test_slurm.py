@@ -130,3 +130,46 @@ def test_optuna_trials_run_as_slurm_jobs_on_a_journal_study(tmp_path):
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 2
     ran = {r["ran_on"]["slurm_job_id"] for r in results(sweep).values()}
     assert len(ran) == 1 and None not in ran  # both trials were tasks of one job array
+
+
+def test_a_request_no_node_can_meet_fails_in_preflight_and_submits_nothing(tmp_path):
+    """Issue 19 K: the launcher's default request (4 CPUs, 16 GB) on a smaller cluster used to be
+    submitted and then wait for ever, silently."""
+    cpus = max(int(line.split()[0].rstrip("+")) for line in subprocess.run(
+        ["sinfo", "-h", "-p", "debug", "-o", "%c"], capture_output=True, text=True, check=True).stdout.split("\n")
+        if line.strip())
+    proc = run_sweeper(["-m", *TINY, *SLURM, f"hydra.launcher.cpus_per_task={cpus + 1}"], tmp_path, check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith(f"error: launcher=slurm: each task asks for {cpus + 1} CPUs") and \
+        f"lower it, e.g. hydra.launcher.cpus_per_task={cpus}" in line
+    assert not list(tmp_path.glob("sweeps/*/.submitit"))
+
+
+def test_a_held_task_is_reported_pending_with_its_reason_until_released(tmp_path, capsys):
+    """Issue 19 K: the driver and `python -m sweeper.status` say a task is pending, for how long
+    and why, and that this reason does not clear by itself."""
+    from sweeper.status import main as status_main
+
+    args = ["-m", *TINY, "dropout.p=0.1", *SLURM, "+hydra.launcher.additional_parameters.hold=true",
+            "hydra.launcher.queue_poll_s=1"]
+    proc = start_sweeper(args, tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp_path.glob("sweeps/*/slurm_tasks.json")):
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stdout.read()
+            time.sleep(0.2)
+        sweep = sweep_dir(tmp_path)
+        (task,) = [t["task"] for t in json.loads((sweep / "slurm_tasks.json").read_text())["jobs"].values()]
+        time.sleep(3)
+        status_main([str(sweep)])
+        (line,) = [ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("pending")]
+        assert f"slurm {task} pending for " in line and "(JobHeldUser): will not start as it is" in line
+        subprocess.run(["scontrol", "release", task.split("_")[0]], check=True)
+        out, _ = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-3000:]
+    assert f"1 of 1 tasks waiting: slurm {task} pending for" in out and "(JobHeldUser): will not start" in out
+    assert len(results(sweep)) == 1

@@ -8,7 +8,8 @@ Both fix what the stock submitit launchers leave to the user (ECOSYSTEM.md):
   running job to its own GPU (``CUDA_VISIBLE_DEVICES``), round-robin over the GPUs.
 ``SlurmLauncher`` is submitit's job array; requeue on timeout/preemption is submitit's
 (``checkpoint`` resubmits the same job) and the job itself saves and resumes its state
-(``sweeper.preemption``).
+(``sweeper.preemption``). Before submitting it checks that a task fits on a node of its
+partition; while it waits it reports tasks that stay pending, and why (``slurm_queue``).
 """
 from __future__ import annotations
 
@@ -24,6 +25,10 @@ from hydra.core.singleton import Singleton
 from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra.plugins.launcher import Launcher
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
+from hydra_plugins.sr_sweeper.slurm_queue import QueueWatch
+from sweeper.naming import result_overrides
+from sweeper.preflight import check_slurm_request, slurm_request
+from sweeper.status import job_key, record_slurm_tasks
 
 log = logging.getLogger(__name__)
 
@@ -231,11 +236,17 @@ class SlurmLauncher(BaseSubmititLauncher):
 
     _EXECUTOR = "slurm"
 
-    def __init__(self, jobs_per_task: int = 1, **params: Any) -> None:
+    def __init__(self, jobs_per_task: int = 1, queue_poll_s: float = 60.0, **params: Any) -> None:
         super().__init__(**params)
         if int(jobs_per_task) < 1:
             raise ValueError(f"hydra.launcher.jobs_per_task={jobs_per_task} is invalid: it must be >= 1")
         self.jobs_per_task = int(jobs_per_task)
+        self.queue_poll_s = float(queue_poll_s)
+
+    def preflight(self) -> None:
+        """Before anything is submitted: a task must fit on a node of its partition (``sinfo``);
+        raises ``sweeper.preflight.PreflightError``."""
+        check_slurm_request(self.params)
 
     def __call__(self, pack: list[tuple]) -> list[JobReturn]:
         use_threads(self.params.get("cpus_per_task"))
@@ -264,14 +275,19 @@ class SlurmLauncher(BaseSubmititLauncher):
         tasks = executor.map_array(self, packs)
         log.info("slurm: submitted %d jobs as array %s (%d tasks)", len(args),
                  tasks[0].job_id.split("_")[0] if tasks else "-", len(tasks))
+        request = slurm_request(self.params)
+        # for `python -m sweeper.status`: which task runs each job, so it can ask the queue about it
+        record_slurm_tasks(sweep_dir, {job_key(result_overrides(job_args[0])): task.job_id
+                                       for task, pack in zip(tasks, packs) for job_args in pack}, request)
         results: list[JobReturn] = []
-        for task, pack in zip(tasks, packs):
-            overrides = [job_args[0] for job_args in pack]
-            try:
-                results += wait_for_result(task)
-            except Exception:  # the task died: every job of it without a result is failed
-                failed = collect(task, overrides[0])
-                results += [failed_return(o, job_error(failed)) for o in overrides]
+        with QueueWatch([t.job_id for t in tasks], request, self.queue_poll_s):
+            for task, pack in zip(tasks, packs):
+                overrides = [job_args[0] for job_args in pack]
+                try:
+                    results += wait_for_result(task)
+                except Exception:  # the task died: every job of it without a result is failed
+                    failed = collect(task, overrides[0])
+                    results += [failed_return(o, job_error(failed)) for o in overrides]
         return results
 
 

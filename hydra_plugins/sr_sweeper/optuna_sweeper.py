@@ -12,7 +12,9 @@ the sweep folder, or Optuna's journal file on a shared filesystem for SLURM), so
 the same command again adds trials to the same study. A trial whose job raises, is killed,
 or returns NaN/inf is recorded as failed with its reason; the study stops only when
 failures exceed ``max_failure_rate``. Jobs report validation PSNR to their trial and stop
-when the pruner says so (``sweeper.job``). Results: ``optimization_results.yaml``,
+when the pruner says so (``sweeper.job``). Unlike the grid sweeper it takes no sweep lock:
+two drivers on one study are Optuna's way to search in parallel, each asking for its own
+trials (a trial is never run twice). Results: ``optimization_results.yaml``,
 ``trials.csv`` and parameter importances in the sweep folder.
 """
 from __future__ import annotations
@@ -32,7 +34,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from hydra_plugins.sr_sweeper.validating_sweeper import failure_reason
 from sweeper.optuna_report import PRUNERS, SearchSpaceError, make_pruner, open_storage
-from sweeper.preflight import PreflightError, validate_config
+from sweeper.preflight import PreflightError, check_output_folder, validate_config
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +140,7 @@ class OptunaSweeper(Sweeper):
     def sweep(self, arguments: list[str]) -> Any:
         try:
             return self._sweep(arguments)
-        except SearchSpaceError as e:  # a user error: the message, no traceback
+        except (SearchSpaceError, PreflightError) as e:  # a user error: the message, no traceback
             print(f"error: {e}", file=sys.stderr)
             raise SystemExit(2) from None
 
@@ -163,7 +165,9 @@ class OptunaSweeper(Sweeper):
                                    "(Optuna prunes on one reported value); use pruner=none")
 
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
-        sweep_dir.mkdir(parents=True, exist_ok=True)
+        check_output_folder(sweep_dir)
+        if hasattr(self.launcher, "preflight"):  # e.g. SLURM: does a task fit on a node?
+            self.launcher.preflight()
         url = self.storage_url(sweep_dir)
         name = self.study_name or str(self.config.get("sweep_name") or "study")
         study = optuna.create_study(

@@ -1,7 +1,9 @@
 """Hydra's grid sweeper, made safe for long sweeps.
 
-Before anything is launched it composes and validates every job (one bad combination
-fails the sweep, naming the job and the value), writes the sweep's job list for
+Before anything is launched it checks that the sweep folder can be written, composes and
+validates every job (one bad combination fails the sweep, naming the job and the value),
+asks the launcher's own pre-flight (SLURM: does a task fit on a node?), takes the sweep's
+lock (one driver per sweep folder: ``sweep_lock``), writes the sweep's job list for
 ``python -m sweeper.status`` and leaves out jobs that already have results. After the
 launch, a failed job does not hide the others: every failure is recorded with its
 reason, listed, and the sweep exits non-zero. Running the same command again runs only
@@ -26,9 +28,10 @@ from hydra.core.utils import JobStatus
 from omegaconf import OmegaConf
 
 from hydra_plugins.sr_sweeper.launchers import job_error
+from hydra_plugins.sr_sweeper.sweep_lock import SweepLock
 from sweeper.jobstate import MANIFEST, is_done, job_labels, read_json, record_failure, write_json
 from sweeper.naming import result_overrides
-from sweeper.preflight import PreflightError, validate_config
+from sweeper.preflight import PreflightError, check_output_folder, validate_config
 
 log = logging.getLogger(__name__)
 
@@ -38,13 +41,39 @@ def failure_reason(ret) -> str:
     return f"{type(err).__name__}: {err}" if isinstance(err, BaseException) else str(err)
 
 
+def refuse(message: str) -> None:
+    """A user error, not a crash: one line without a traceback, a non-zero exit, nothing launched."""
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 class ValidatingSweeper(BasicSweeper):
     def sweep(self, arguments: list[str]) -> Any:
+        sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
+        try:
+            check_output_folder(sweep_dir)
+        except PreflightError as e:
+            refuse(str(e))
+        jobs, job_dirs = self.validated_jobs(arguments, sweep_dir)
+        lock = SweepLock(sweep_dir)
+        try:
+            if hasattr(self.launcher, "preflight"):  # e.g. SLURM: does a task fit on a node?
+                self.launcher.preflight()
+            lock.acquire()  # one driver per sweep folder, or every job would run twice
+        except PreflightError as e:  # SweepLocked too
+            refuse(str(e))
+        try:
+            self.write_manifest(sweep_dir, jobs, job_dirs)
+            return self.launch_unfinished(sweep_dir, jobs, job_dirs)
+        finally:
+            lock.release()
+
+    def validated_jobs(self, arguments: list[str], sweep_dir: Path) -> tuple[list[list[str]], list[Path]]:
+        """Every job of the grid and its folder, each composed and validated; exits naming every
+        job whose settings are invalid."""
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         params = [f"{k}={v}" for k, v in (self.params or {}).items()] + list(arguments)
         jobs = [list(job) for batch in self.split_arguments(parser.parse_overrides(params), None) for job in batch]
-        sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
-
         problems, job_dirs = [], []
         for overrides in jobs:
             job_cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
@@ -54,21 +83,24 @@ class ValidatingSweeper(BasicSweeper):
             except PreflightError as e:
                 problems.append(f"job [{' '.join(result_overrides(overrides))}]: {e}")
         if problems:
-            # A user error, not a crash: the message without a traceback, and a non-zero exit.
             print(f"error: {len(problems)} of {len(jobs)} jobs have invalid settings; nothing was launched.\n  "
                   + "\n  ".join(problems), file=sys.stderr)
             raise SystemExit(2)
         log.info("pre-flight: %d jobs validated", len(jobs))
+        return jobs, job_dirs
 
-        sweep_dir.mkdir(parents=True, exist_ok=True)
+    def write_manifest(self, sweep_dir: Path, jobs: list[list[str]], job_dirs: list[Path]) -> None:
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         # Several commands may share a sweep folder (same sweep_name): the manifest keeps them all.
         previous = (read_json(sweep_dir / MANIFEST) or {}).get("jobs", [])
         names = {j["name"] for j in previous}
-        new = [{"name": d.name, "overrides": result_overrides(o)} for d, o in zip(job_dirs, jobs) if d.name not in names]
+        new = [{"name": d.name, "overrides": result_overrides(o)}
+               for d, o in zip(job_dirs, jobs) if d.name not in names]
         write_json(sweep_dir / MANIFEST, {"sweep": str(self.config.get("sweep_name")), "updated": time.time(),
                                           "jobs": previous + new})
 
+    def launch_unfinished(self, sweep_dir: Path, jobs: list[list[str]], job_dirs: list[Path]) -> list:
+        """Launch the jobs without results, batch by batch; record and list the failures."""
         todo = [i for i, d in enumerate(job_dirs) if not is_done(d)]
         if len(todo) < len(jobs):
             log.info("%d of %d jobs finished earlier; launching the other %d", len(jobs) - len(todo), len(jobs),

@@ -9,6 +9,7 @@ rebuilds the network from the file alone; BasicSR tools ignore the extra entry.
 from __future__ import annotations
 
 import os
+import pickle
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -55,14 +56,46 @@ def _select(ckpt, key: str | None, source: str) -> tuple[str | None, Mapping]:
                      f"state dict); keys present: {present}")
 
 
-def _read(path) -> tuple[str, Mapping]:
+class CheckpointError(ValueError):
+    """A file that cannot be loaded as a checkpoint; the message is one line naming the file."""
+
+
+def _refusal(error: Exception) -> str | None:
+    """What torch's safe loader objected to (e.g. "unsupported GLOBAL posix.system"), without its
+    advice to load the file unsafely; None when the file is no pickle at all (garbage)."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip()]
+    detail = next((ln for ln in lines if ln.startswith(("Trying to load", "Unsupported", "Unpickler found"))), "")
+    if not detail or "operand" in detail:  # an unknown opcode: bytes that are no pickle
+        return None
+    return detail.removeprefix("Trying to load ").rstrip(".")
+
+
+def read_torch_file(path) -> object:
+    """``torch.load`` restricted to tensors and plain data (never arbitrary code), with a
+    one-line ``CheckpointError`` naming the file when it is missing, empty, truncated,
+    corrupted or holds other Python objects."""
     source = os.fspath(path)
     if not os.path.isfile(source):
         raise FileNotFoundError(f"checkpoint file not found: {source}")
+    size = os.path.getsize(source)
     try:
-        return source, torch.load(source, map_location="cpu", weights_only=True)
-    except Exception as e:  # weights_only refuses arbitrary pickled objects: say which file
-        raise ValueError(f"could not load checkpoint {source} (torch.load, weights_only=True): {e}") from e
+        return torch.load(source, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:  # the safe loader refused it, or it is not a pickle at all
+        refused = _refusal(e)
+        if refused is not None:
+            raise CheckpointError(f"{source}: refused: it holds Python objects other than tensors and plain data "
+                                  f"({refused}), which are never loaded (they could run code); use a checkpoint "
+                                  "written by this project or BasicSR") from None
+        why = "not a torch file"
+    except (EOFError, RuntimeError, OSError, ValueError) as e:
+        why = str(e).split(". ")[0].strip() or type(e).__name__
+    why = "empty file" if size == 0 else f"{why}; {size} bytes"
+    raise CheckpointError(f"{source}: not a readable checkpoint ({why}): truncated or damaged, e.g. by a copy or "
+                          "a write that was cut short")
+
+
+def _read(path) -> tuple[str, Mapping]:
+    return os.fspath(path), read_torch_file(path)
 
 
 def load_weights(model: nn.Module, path_or_state, key: str | None = None, strict: bool = True) -> LoadedWeights:

@@ -1,0 +1,60 @@
+"""The SEAL table of a sweep: its settings' PSNR-S, AR and RPR (mean over seeds) beside SEAL's
+published models as reference rows. Written by ``python -m analysis.tables`` next to the
+ablation tables when the sweep's jobs were scored with ``eval=seal`` or ``eval=paper_seal``."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from analysis.stats import setting_keys
+from srcore.atomic import atomic_write
+from srcore.evaluation.seal import published_summaries
+from srcore.evaluation.seal_scores import PAPER_NAMES, STATS
+
+
+def _seal_root(runs: pd.DataFrame) -> Path | None:
+    for config in runs.get("config", []):
+        root = ((config or {}).get("eval") or {}).get("seal_root")
+        if root and Path(root).is_dir():
+            return Path(root)
+    return None
+
+
+def seal_table(runs: pd.DataFrame, metric: str = "psnr_y") -> pd.DataFrame | None:
+    """Rows: the sweep's settings (finished runs, mean over seeds, ``n`` runs), then the published
+    models (``source``); columns: SEAL's statistics of ``metric``. None without SEAL results."""
+    cols = {s: f"seal/{metric}/{s}" for s in STATS}
+    finished = runs[runs["state"] == "finished"] if "state" in runs else runs
+    if not all(c in finished for c in cols.values()) or finished[list(cols.values())].isna().all().all():
+        return None
+    keys = setting_keys(finished)
+    own = finished.dropna(subset=list(cols.values())).groupby(keys, sort=False, dropna=False)
+    rows = [{"model": ", ".join(f"{k.removeprefix('swept.')}={v}" for k, v in
+                                zip(keys, name if isinstance(name, tuple) else (name,))),
+             "source": "this sweep", "n": len(g), **{s: g[c].mean() for s, c in cols.items()}}
+            for name, g in own]
+    root = _seal_root(finished)
+    if root is not None:
+        rows += [{"model": PAPER_NAMES.get(name, name), "source": "SEAL (published)", "n": None,
+                  **{s: summary[f"{metric}/{s}"] for s in STATS}}
+                 for name, summary in published_summaries(root).items()]
+    return pd.DataFrame(rows)
+
+
+def write_seal_table(runs: pd.DataFrame, out_dir: Path, title: str) -> str:
+    """seal.md / seal.csv in ``out_dir`` (PSNR and SSIM on Y, crop 0); '' without SEAL results."""
+    parts, frames = [], []
+    for metric in ("psnr_y", "ssim_y"):
+        table = seal_table(runs, metric)
+        if table is None:
+            return ""
+        frames.append(table.assign(metric=metric))
+        parts.append(f"**SEAL Set14-SE — {metric}** (S: mean over the 100 cases; AR: share of the cases at or above "
+                     "the acceptance line; RPR: relative performance between the acceptance and excellence lines, "
+                     "A / U over the accepted / other cases, I its interquartile range)\n\n"
+                     + table.to_markdown(index=False, floatfmt=".3f") + "\n")
+    md = f"## {title} — SEAL\n\n" + "\n".join(parts)
+    atomic_write(out_dir / "seal.md", lambda f: f.write(md), mode="w")
+    atomic_write(out_dir / "seal.csv", lambda f: pd.concat(frames).to_csv(f, index=False), mode="w")
+    return md
