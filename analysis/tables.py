@@ -101,6 +101,8 @@ def budget_note(runs: pd.DataFrame) -> str:
 def formatted_table(stats: pd.DataFrame, bold: str = "**{}**") -> pd.DataFrame:
     """Rows = settings (in launch order), columns = (test set, test degradation), cells = format_cell."""
     keys = [c for c in stats.columns if c not in STAT_COLUMNS]
+    # a key some settings do not set (a regulariser's own settings) must not drop their rows
+    stats = stats.assign(**{k: stats[k].astype(object).where(stats[k].notna(), "—") for k in keys})
     cells = stats.assign(cell=[format_cell(r, bold) for r in stats.to_dict("records")])
     present = cells.dropna(subset=[TEST_SET])
     table = present.pivot_table(index=keys, columns=[TEST_SET, TEST_DEGRADATION], values="cell", aggfunc="first",
