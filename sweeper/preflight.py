@@ -62,6 +62,26 @@ def _validate(cfg: DictConfig) -> None:
         raise PreflightError(f"logger.mode={cfg.logger.mode!r} is unknown; allowed: {', '.join(LOGGER_MODES)}")
 
 
+def job_fingerprint(cfg: DictConfig) -> str:
+    """What a job computes, with each regulariser's placement resolved to the sites it acts at:
+    two jobs with the same fingerprint train the same model on the same data (e.g.
+    dropout.position=b2 and middle on a 4-block network). Where and how a job runs is left out."""
+    import json
+
+    from srcore.models import BACKBONES
+    from srcore.regularizers import check_regularizers
+
+    args = check_model(**build.model_args(cfg))
+    specs = args.pop("regularizers")
+    sites = BACKBONES[args["name"]].site_names_for(args)
+    regs = [{**r.spec(), "position": None, "sites": sorted(r.sites)} for r in check_regularizers(specs, sites)]
+    rest = {k: build.plain(cfg[k]) for k in ("degradation", "data", "train", "eval", "seed", "scale") if k in cfg}
+    for run_only in ("device", "threads"):
+        rest.get("train", {}).pop(run_only, None)
+    rest.get("data", {}).pop("num_workers", None)
+    return json.dumps({"model": args, "regularizers": regs, **rest}, sort_keys=True, default=str)
+
+
 def _validate_model(cfg: DictConfig) -> None:
     """The backbone states what it accepts (scales, sizes) and which sites it has; each
     regulariser checks its settings against those sites (``srcore.models.check_model``)."""

@@ -78,3 +78,13 @@ def test_missing_data_folder_fails_single_run_before_work(tmp_path):
     proc = run_sweeper([*TINY, "data.train=/nonexistent/HR"], tmp_path, check=False)
     assert proc.returncode == 2 and "/nonexistent/HR" in proc.stderr and "Traceback" not in proc.stderr
     assert not list(tmp_path.glob("runs/*/wandb"))
+
+
+def test_jobs_that_train_the_same_model_are_named_before_launch(tmp_path):
+    """b2 and middle are the same site of a 4-block network: pre-flight says so (and runs both)."""
+    proc = run_sweeper(["-m", *TINY, "backbone.num_block=4", "dropout.position=b2,middle,last", "train.iterations=2",
+                        "train.log_every=1", "train.val_every=2", "train.ckpt_every=2"], tmp_path)
+    err = proc.stderr + proc.stdout
+    assert "train the same model" in err
+    line = next(x for x in err.splitlines() if "train the same model" in x)
+    assert "dropout.position=b2" in line and "dropout.position=middle" in line and "position=last" not in line

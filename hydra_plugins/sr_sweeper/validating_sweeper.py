@@ -31,7 +31,7 @@ from hydra_plugins.sr_sweeper.launchers import job_error
 from hydra_plugins.sr_sweeper.sweep_lock import SweepLock
 from sweeper.jobstate import MANIFEST, is_done, job_labels, read_json, record_failure, write_json
 from sweeper.naming import result_overrides
-from sweeper.preflight import PreflightError, check_output_folder, validate_config
+from sweeper.preflight import PreflightError, check_output_folder, job_fingerprint, validate_config
 
 log = logging.getLogger(__name__)
 
@@ -74,18 +74,22 @@ class ValidatingSweeper(BasicSweeper):
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         params = [f"{k}={v}" for k, v in (self.params or {}).items()] + list(arguments)
         jobs = [list(job) for batch in self.split_arguments(parser.parse_overrides(params), None) for job in batch]
-        problems, job_dirs = [], []
+        problems, job_dirs, same = [], [], {}
         for overrides in jobs:
             job_cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
             job_dirs.append(sweep_dir / str(job_cfg.hydra.sweep.subdir))
             try:
                 validate_config(job_cfg)
+                same.setdefault(job_fingerprint(job_cfg), []).append(" ".join(result_overrides(overrides)))
             except PreflightError as e:
                 problems.append(f"job [{' '.join(result_overrides(overrides))}]: {e}")
         if problems:
             print(f"error: {len(problems)} of {len(jobs)} jobs have invalid settings; nothing was launched.\n  "
                   + "\n  ".join(problems), file=sys.stderr)
             raise SystemExit(2)
+        for labels in (labels for labels in same.values() if len(labels) > 1):
+            log.warning("pre-flight: these jobs train the same model on the same data (their settings resolve to "
+                        "the same sites); all will run: %s", " | ".join(f"[{label}]" for label in labels))
         log.info("pre-flight: %d jobs validated", len(jobs))
         return jobs, job_dirs
 
