@@ -11,7 +11,7 @@ import time
 import pytest
 
 from tests.conftest import TINY, run_sweeper
-from tests.test_fault_tolerance import results, same_weights, start_sweeper, sweep_dir, wait_for_iteration
+from tests.test_fault_tolerance import results, same_weights, start_sweeper, sweep_dir
 
 pytestmark = pytest.mark.slurm
 
@@ -34,6 +34,13 @@ def slurm():
 
 def task_id(status: dict) -> str:
     return f"{status['slurm_job_id']}_{status['slurm_array_task_id']}"
+
+
+def read_status(job_dir) -> dict:
+    try:
+        return json.loads((job_dir / "status.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
 
 
 def squeue_state(job: str) -> tuple[str, str]:
@@ -60,26 +67,46 @@ def test_job_array_with_a_requeued_and_a_cancelled_job(tmp_path):
                 for o in j["overrides"] if o.startswith("dropout.p=")}
         assert sorted(jobs) == ["0.1", "0.2", "0.3", "0.4"]
 
+        # Cancel p=0.4 as soon as it runs, whenever that is (it may start while p=0.1 waits to be
+        # requeued, and finish before that wait ends): it must be reported as failed.
+        cancelled = None
+
+        def cancel_once_running():
+            nonlocal cancelled
+            status = read_status(jobs["0.4"])
+            if cancelled is None and status.get("state") == "running" and status.get("iteration", 0) >= 1:
+                cancelled = task_id(status)
+                subprocess.run(["scancel", cancelled], check=True)
+            assert cancelled is not None or status.get("state") != "done", "p=0.4 finished before it was cancelled"
+
         # Preempt p=0.1 mid-training: submitit's SIGUSR2 -> the job saves -> scontrol requeue.
-        preempted = task_id(wait_for_iteration(jobs["0.1"], 20, timeout=180))
+        deadline = time.monotonic() + 180
+        while read_status(jobs["0.1"]).get("iteration", 0) < 20:
+            assert time.monotonic() < deadline, "p=0.1 never reached iteration 20"
+            cancel_once_running()
+            time.sleep(0.05)
+        preempted = task_id(read_status(jobs["0.1"]))
         # (not waited for: scancel keeps retrying its other steps after the job requeued itself)
         signaller = subprocess.Popen(["scancel", "--signal=USR2", preempted], stderr=subprocess.DEVNULL)
         # SLURM holds a requeued job ~2 min (BeginTime); release it so the test stays short.
         deadline = time.monotonic() + 180
-        while json.loads((jobs["0.1"] / "status.json").read_text()).get("attempt") != 2:
+        while read_status(jobs["0.1"]).get("attempt") != 2:
             assert time.monotonic() < deadline, "the preempted job was never restarted"
-            if json.loads((jobs["0.1"] / "status.json").read_text())["state"] == "interrupted":
+            cancel_once_running()
+            if read_status(jobs["0.1"]).get("state") == "interrupted":
                 signaller.kill()  # or its retries would signal the restarted job too
                 signaller.wait()
             state, reason = squeue_state(preempted)
             # released only once the signaller is gone: the job may requeue between the two reads
             if state == "PENDING" and reason == "BeginTime" and signaller.poll() is not None:
                 subprocess.run(["scontrol", "update", f"JobId={preempted}", "StartTime=now"], check=False)
-            time.sleep(0.5)
+            time.sleep(0.1)
 
-        # Cancel p=0.4 while it runs: it must be reported as failed, the others finish.
-        cancelled = task_id(wait_for_iteration(jobs["0.4"], 1, timeout=300))
-        subprocess.run(["scancel", cancelled], check=True)
+        deadline = time.monotonic() + 300
+        while cancelled is None:
+            assert time.monotonic() < deadline, "p=0.4 never started"
+            cancel_once_running()
+            time.sleep(0.05)
         out, _ = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
