@@ -167,6 +167,9 @@ class PaperSuite(Suite):
                  base_seed: int = 0):
         self.test_sets, self.degradations, self.scale, self.base_seed = test_sets, degradations, scale, base_seed
 
+    def __len__(self) -> int:
+        return sum(len(images) for images in self.test_sets.values()) * len(self.degradations)
+
     def __iter__(self) -> Iterator[EvalCase]:
         for set_name, images in self.test_sets.items():
             for image_name, hr in images:

@@ -46,7 +46,8 @@ def super_resolve(model: torch.nn.Module, lr_uint8: np.ndarray, device: torch.de
 
 def evaluate_suite(model: torch.nn.Module, cases: Iterable[EvalCase], crop_border: int,
                    device: torch.device | str = "cpu", save_dir: Path | None = None, done: Iterable[dict] = (),
-                   should_stop: Callable[[], bool] = lambda: False) -> tuple[list[dict], dict]:
+                   should_stop: Callable[[], bool] = lambda: False,
+                   on_progress: Callable[[int, int], None] | None = None) -> tuple[list[dict], dict]:
     """Score ``model`` (put in eval mode) on every case of a suite, in its order.
 
     Returns per-image rows ``{"set", "image", "degradation", *METRICS}`` and the per
@@ -54,18 +55,22 @@ def evaluate_suite(model: torch.nn.Module, cases: Iterable[EvalCase], crop_borde
     ``save_dir``, each SR image is written to ``<save_dir>/<set>/<degradation>/<image>.png``.
     Rows in ``done`` (an earlier, stopped evaluation's) are kept instead of scored again;
     ``should_stop`` is asked before each new image, and ``EvaluationStopped`` carries the rows
-    so far when it says so.
+    so far when it says so. ``on_progress(done, total)`` is called after every case (kept or
+    scored); ``total`` is ``len(cases)`` (0 when the suite has no length).
     """
     import torch
 
     device = torch.device(device)
     model.eval()
     finished = {(r["set"], r["image"], r["degradation"]): r for r in done}
+    total = len(cases) if hasattr(cases, "__len__") else 0
     rows = []
     for case in cases:
         earlier = finished.get((case.set, case.image, case.degradation))
         if earlier is not None:
             rows.append(earlier)
+            if on_progress is not None:
+                on_progress(len(rows), total)
             continue
         if should_stop():
             raise EvaluationStopped(rows)
@@ -78,17 +83,21 @@ def evaluate_suite(model: torch.nn.Module, cases: Iterable[EvalCase], crop_borde
         })
         if save_dir is not None:
             write_image(Path(save_dir) / case.set / case.degradation / f"{case.image}.png", sr)
+        if on_progress is not None:
+            on_progress(len(rows), total)
     return rows, summarize(rows)
 
 
 def evaluate(model: torch.nn.Module, test_sets: dict[str, list[tuple[str, np.ndarray]]],
              degradations: list[str], scale: int, crop_border: int, base_seed: int = 0,
              device: torch.device | str = "cpu", save_dir: Path | None = None, done: Iterable[dict] = (),
-             should_stop: Callable[[], bool] = lambda: False) -> tuple[list[dict], dict]:
+             should_stop: Callable[[], bool] = lambda: False,
+             on_progress: Callable[[int, int], None] | None = None) -> tuple[list[dict], dict]:
     """Evaluate ``model`` (put in eval mode) on every set x degradation of the paper's protocol
-    (``PaperSuite``); returns what ``evaluate_suite`` does."""
+    (``PaperSuite``); returns what ``evaluate_suite`` does. ``on_progress(done, total)`` is
+    called as images x degradations are done (kept from ``done`` or scored)."""
     return evaluate_suite(model, PaperSuite(test_sets, degradations, scale, base_seed), crop_border, device, save_dir,
-                          done, should_stop)
+                          done, should_stop, on_progress)
 
 
 def summarize(rows: list[dict]) -> dict:
