@@ -11,12 +11,21 @@ Regularisers add nothing to it: their state is a function of the iteration, set 
 forward pass (``Regularizer.set_iteration``), and their random draws come from torch's global
 RNG (in the checkpoint). A regulariser asking for k ``views`` makes every GT patch of a batch
 k LR views (view-major, GT repeated): k times the network compute per GT image.
+
+Speed (docs/speed.md): ``precision`` runs the model's forward pass and loss under
+``torch.autocast`` (bf16, or fp16 with a ``GradScaler`` whose state the checkpoint keeps);
+``tf32`` lets CUDA matmuls and convolutions of the model step use TF32 (only inside the model
+step: the degradation keeps full fp32); ``channels_last`` stores the network's activations
+NHWC; ``compile`` runs the model through ``torch.compile``. The loop never waits for the
+device between log steps: the loss and a non-finite flag stay on the device and are read at
+log, validation and checkpoint steps, where a non-finite loss raises ``FloatingPointError``
+naming its iteration; a checkpoint is never written with non-finite weights.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
-import math
 import os
 import random
 import shutil
@@ -69,6 +78,16 @@ class TrainSettings:
     ckpt_every: int
     num_workers: int
     device: str
+    # The speed options (docs/speed.md). Their values come from conf/train/*.yaml through
+    # sweeper.build.train_settings like every other key; the defaults below only keep callers
+    # that predate them (tests, benchmarks) on the loop they were written for: fp32, eager, NCHW.
+    precision: str = "fp32"       # fp32 | bf16 | fp16
+    tf32: bool = False            # CUDA only: TF32 matmuls/convolutions in the model step
+    channels_last: bool = False
+    compile: bool = False
+
+
+PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def resolve_device(name: str) -> torch.device:
@@ -86,28 +105,65 @@ def _rng_states(gen: torch.Generator) -> dict:
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "degradation": gen.get_state(),
+        "degradation_device": gen.device.type,
     }
 
 
-def _restore_rng_states(states: dict, gen: torch.Generator) -> None:
+def reseed_value(seed: int, iteration: int) -> int:
+    """A seed that is a pure function of (job seed, iteration): what a generator whose saved
+    state cannot be restored on this machine continues from."""
+    return int(np.random.SeedSequence([seed, iteration, 0x5EED]).generate_state(1, np.uint64)[0] >> 1)
+
+
+def _saved_generator_device(states: dict) -> str:
+    """The device type the degradation generator's state was saved from. Checkpoints written
+    before the tag existed are told apart by size: a CUDA generator's state is 16 bytes (seed,
+    offset), a CPU one's 5056 (Mersenne Twister)."""
+    return states.get("degradation_device") or ("cuda" if states["degradation"].numel() == 16 else "cpu")
+
+
+def _restore_rng_states(states: dict, gen: torch.Generator, seed: int, iteration: int) -> None:
+    """Restore every random stream. Where a saved state does not fit this machine (a checkpoint
+    taken on another device type, or with another number of visible GPUs) the stream is
+    re-seeded from (seed, iteration) instead, with one log line: the run continues
+    deterministically, but not bit-identically to an uninterrupted one."""
     random.setstate(states["python"])
     kind, keys, pos, has_gauss, cached = states["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(states["torch"])
-    if states["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(states["cuda"])
-    gen.set_state(states["degradation"])
+    cuda = states["cuda"]
+    if cuda and torch.cuda.is_available():
+        if len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+        else:
+            torch.cuda.manual_seed_all(reseed_value(seed, iteration))
+            log.warning("the checkpoint holds the CUDA random states of %d GPU(s), this machine has %d: CUDA "
+                        "generators re-seeded from (seed %d, iteration %d)", len(cuda), torch.cuda.device_count(),
+                        seed, iteration)
+    saved = _saved_generator_device(states)
+    if saved == gen.device.type:
+        gen.set_state(states["degradation"])
+    else:
+        gen.manual_seed(reseed_value(seed, iteration))
+        log.warning("the checkpoint was taken on %s, this run trains on %s: the degradation generator is "
+                    "re-seeded from (seed %d, iteration %d); the run continues deterministically but not "
+                    "bit-identically to an uninterrupted one", saved, gen.device.type, seed, iteration)
 
 
 class TrainingState:
     """Model, EMA, optimizer, scheduler and the degradation's generator: what a checkpoint holds."""
 
     def __init__(self, model: torch.nn.Module, cfg: TrainSettings, gen: torch.Generator):
-        self.model, self.gen = model, gen
+        self.model, self.gen, self.seed = model, gen, cfg.seed
         self.ema = copy.deepcopy(model).eval().requires_grad_(False)
+        device = next(model.parameters()).device
+        # CUDA: the fused Adam (one kernel for all parameters, and it takes the fp16 scaler's
+        # inf check on the device instead of a host read per step). CPU: today's Adam, bit for bit.
+        fused = {"fused": True} if device.type == "cuda" else {}
         self.opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, betas=tuple(cfg.betas),
-                                    weight_decay=cfg.weight_decay)
+                                    weight_decay=cfg.weight_decay, **fused)
         self.sched = CosineAnnealingRestartLR(self.opt, cfg.periods, cfg.restart_weights, cfg.eta_min)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
 
     def resume(self, checkpoint: Path) -> int:
         """Load the newest readable checkpoint (``read_latest_checkpoint``); the iteration it was
@@ -121,7 +177,9 @@ class TrainingState:
             self.ema.load_state_dict(state["ema"])
             self.opt.load_state_dict(state["optimizer"])
             self.sched.load_state_dict(state["scheduler"])
-            _restore_rng_states(state["rng"], self.gen)
+            if self.scaler.is_enabled() and state.get("scaler"):
+                self.scaler.load_state_dict(state["scaler"])
+            _restore_rng_states(state["rng"], self.gen, self.seed, state["iteration"])
         except (RuntimeError, ValueError, KeyError, TypeError) as e:  # written for another network or optimizer
             raise CheckpointError(f"{path}: does not fit this job's model and optimizer "
                                   f"({str(e).strip().splitlines()[0][:200]}); delete {checkpoint.name} and "
@@ -130,13 +188,26 @@ class TrainingState:
         return state["iteration"]
 
     def save(self, checkpoint: Path, iteration: int) -> None:
+        """Write the state; refuses (``FloatingPointError``) when a weight of the model or its
+        EMA is not finite, so the last good checkpoint stays the one a rerun resumes from."""
+        if not weights_finite(self.model, self.ema):
+            raise FloatingPointError(f"the weights are not finite after iteration {iteration}; no checkpoint "
+                                     f"written (the last one kept)")
         state = {"iteration": iteration, "model": self.model.state_dict(), "ema": self.ema.state_dict(),
                  "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
                  "rng": _rng_states(self.gen)}
+        if self.scaler.is_enabled():
+            state["scaler"] = self.scaler.state_dict()
         checkpoint = Path(checkpoint)
         if checkpoint.exists():
             _keep_as_previous(checkpoint)
         atomic_write(checkpoint, lambda f: torch.save(state, f))
+
+
+def weights_finite(*models: torch.nn.Module) -> bool:
+    """Whether every floating-point parameter and buffer of the models is finite (one host read)."""
+    tensors = [t for m in models for t in (*m.parameters(), *m.buffers()) if t.is_floating_point()]
+    return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()) if tensors else True
 
 
 # --- Checkpoint files: the latest and the one before it -------------------------------------
@@ -224,8 +295,9 @@ class SiteOutputs:
 
 
 def regularized_loss(sr, hr, regularizers: Sequence[Regularizer], taps: SiteOutputs):
-    """L1 plus every regulariser's extra term; ``(loss, {"<name>_loss": term})``."""
-    loss = F.l1_loss(sr, hr)
+    """L1 plus every regulariser's extra term; ``(loss, {"<name>_loss": term})``. The L1 is taken
+    in fp32 whatever the precision of ``sr``."""
+    loss = F.l1_loss(sr.float(), hr)
     terms = {}
     for r in regularizers:
         term = r.extra_loss(sr, hr, taps.features)
@@ -272,12 +344,18 @@ def train(
     device = resolve_device(cfg.device)
     gen = _seed(cfg.seed, device)
     model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
     state = TrainingState(model, cfg, gen)
     start = state.resume(checkpoint)
     regularizers = tuple(getattr(model, "regularizers", ()))
     views = max((r.views for r in regularizers), default=1)
     taps = SiteOutputs(model, sorted({s for r in regularizers for s in r.tapped_sites}))
     loader = _loader(patches, cfg, start, device)
+    forward = torch.compile(model) if cfg.compile else model
+    autocast = dict(device_type=device.type, dtype=PRECISIONS[cfg.precision] or torch.float32,
+                    enabled=PRECISIONS[cfg.precision] is not None)
+    window = LossWindow(device, start)
     model.train()
     t0, seen = time.perf_counter(), 0
     try:
@@ -286,25 +364,68 @@ def train(
                 r.set_iteration(iteration)
             hr = hr_uint8.to(device, non_blocking=True).float().div_(255)
             hr, lr_img = degraded_views(degrade, hr, gen, views)
-            loss, terms = regularized_loss(model(lr_img), hr, regularizers, taps)
-            state.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            state.opt.step()
+            if cfg.channels_last:
+                lr_img = lr_img.contiguous(memory_format=torch.channels_last)
+            with _tf32(device, cfg.tf32):
+                with torch.autocast(**autocast):
+                    loss, terms = regularized_loss(forward(lr_img), hr, regularizers, taps)
+                state.opt.zero_grad(set_to_none=True)
+                state.scaler.scale(loss).backward()
+            state.scaler.step(state.opt)
+            state.scaler.update()
             state.sched.step()
             ema_update(state.ema, model, cfg.ema_decay)
 
-            loss_value = loss.item()
-            if not math.isfinite(loss_value):
-                raise FloatingPointError(f"loss is {loss_value} at iteration {iteration}")
+            window.add(iteration, loss)  # on the device: no wait for the step to finish
             seen += 1
             if iteration % cfg.log_every == 0 or iteration == cfg.iterations:
-                _log_progress(state, cfg, iteration, loss_value, terms, seen / (time.perf_counter() - t0),
+                window.check(iteration)
+                _log_progress(state, cfg, iteration, loss.item(), terms, seen / (time.perf_counter() - t0),
                               log_metrics)
             _validate_save_stop(state, cfg, Path(checkpoint), iteration, log_metrics, validate, on_iteration,
-                                should_stop)
+                                should_stop, window)
     finally:
         taps.close()
     return state.ema if cfg.ema_decay > 0 else model
+
+
+@contextlib.contextmanager
+def _tf32(device: torch.device, enabled: bool):
+    """TF32 for the CUDA matmuls and convolutions inside the block only (the model step), fp32
+    everywhere else (the degradation's JPEG codec must not round through TF32)."""
+    if device.type != "cuda":
+        yield
+        return
+    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+
+
+class LossWindow:
+    """Finiteness of the losses since the last check, kept on the training device: the loop
+    never waits for the device to know it. ``check`` (at log, validation and checkpoint steps)
+    reads it once and raises ``FloatingPointError`` naming the first non-finite iteration."""
+
+    def __init__(self, device: torch.device, start: int):
+        self.first_bad = torch.zeros((), dtype=torch.int64, device=device)  # 0: every loss finite
+        self.bad_value = torch.zeros((), dtype=torch.float32, device=device)
+        self.since = start + 1
+
+    def add(self, iteration: int, loss: torch.Tensor) -> None:
+        loss = loss.detach().float()
+        new = torch.logical_and(~torch.isfinite(loss), self.first_bad == 0)
+        self.first_bad = torch.where(new, iteration, self.first_bad)
+        self.bad_value = torch.where(new, loss, self.bad_value)
+
+    def check(self, iteration: int) -> None:
+        first = int(self.first_bad)
+        if first:
+            raise FloatingPointError(f"loss is {float(self.bad_value)} at iteration {first} (found at iteration "
+                                     f"{iteration}, checking iterations {self.since}-{iteration})")
+        self.since = iteration + 1
 
 
 def _log_progress(state: TrainingState, cfg: TrainSettings, iteration: int, loss_value: float, terms: dict,
@@ -316,18 +437,22 @@ def _log_progress(state: TrainingState, cfg: TrainSettings, iteration: int, loss
 
 
 def _validate_save_stop(state: TrainingState, cfg: TrainSettings, checkpoint: Path, iteration: int,
-                        log_metrics, validate, on_iteration, should_stop) -> None:
-    """What follows an optimisation step: validation, checkpoint, progress report, stop request."""
+                        log_metrics, validate, on_iteration, should_stop, window: LossWindow) -> None:
+    """What follows an optimisation step: validation, checkpoint, progress report, stop request.
+    Each of them first checks the losses since the last check (``LossWindow.check``)."""
     if validate is not None and (iteration % cfg.val_every == 0 or iteration == cfg.iterations):
+        window.check(iteration)
         val = validate(state.ema if cfg.ema_decay > 0 else state.model)
         state.model.train()
         log_metrics(val, iteration)
         log.info("iter %d  %s", iteration, "  ".join(f"{k} {v:.3f}" for k, v in val.items()))
     saved = iteration % cfg.ckpt_every == 0 or iteration == cfg.iterations
     if saved:
+        window.check(iteration)
         state.save(checkpoint, iteration)
     on_iteration(iteration)
     if should_stop() and iteration < cfg.iterations:
         if not saved:
+            window.check(iteration)
             state.save(checkpoint, iteration)
         raise Interrupted(iteration, checkpoint)

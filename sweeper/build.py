@@ -91,7 +91,8 @@ def train_settings(cfg: DictConfig) -> TrainSettings:
         weight_decay=t.weight_decay, periods=tuple(t.scheduler.periods),
         restart_weights=tuple(t.scheduler.restart_weights), eta_min=t.scheduler.eta_min,
         ema_decay=t.ema_decay, seed=cfg.seed, log_every=t.log_every, val_every=t.val_every,
-        ckpt_every=t.ckpt_every, num_workers=cfg.data.num_workers, device=str(resolve_device(t.device)))
+        ckpt_every=t.ckpt_every, num_workers=cfg.data.num_workers, device=str(resolve_device(t.device)),
+        precision=t.precision, tf32=t.tf32, channels_last=t.channels_last, compile=t.compile)
 
 
 def trial_reporter(cfg: DictConfig):

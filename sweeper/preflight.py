@@ -118,6 +118,17 @@ def _validate_train(cfg: DictConfig) -> None:
         raise PreflightError(f"data.num_workers={cfg.data.num_workers!r} must be an integer >= 0")
     device = str(t.device)
     _validate_device(device)
+    _validate_speed(t)
+
+
+def _validate_speed(t) -> None:
+    """The training engine's speed options (srcore.train.TrainSettings, docs/speed.md)."""
+    from srcore.train import PRECISIONS
+    if t.precision not in PRECISIONS:
+        raise PreflightError(f"train.precision={t.precision!r} is unknown; allowed: {', '.join(PRECISIONS)}")
+    for key in ("tf32", "channels_last", "compile"):
+        if not isinstance(t[key], bool):
+            raise PreflightError(f"train.{key}={t[key]!r} must be true or false")
 
 
 def _validate_budget(cfg: DictConfig) -> None:

@@ -36,6 +36,22 @@ def test_cosine_restart_matches_basicsr_formula():
     assert lrs[30] == pytest.approx(0.1)
 
 
+def test_multi_tensor_ema_update_is_bit_identical_to_the_per_parameter_lerp():
+    torch.manual_seed(0)
+    model = build_model("srresnet", num_feat=8, num_block=2)
+    ema, reference = build_model("srresnet", num_feat=8, num_block=2), build_model("srresnet", num_feat=8, num_block=2)
+    reference.load_state_dict(ema.state_dict())
+    for decay in (0.999, 0.9, 0.5):
+        ema_update(ema, model, decay)
+        with torch.no_grad():
+            for e, p in zip(reference.parameters(), model.parameters()):
+                e.lerp_(p, 1 - decay)
+            for e, b in zip(reference.buffers(), model.buffers()):
+                e.copy_(b)
+    for (k, a), b in zip(ema.state_dict().items(), reference.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
 def test_ema_update_is_the_exponential_average():
     a, b = torch.nn.Linear(3, 3), torch.nn.Linear(3, 3)
     expected = [0.9 * pa.detach() + 0.1 * pb.detach() for pa, pb in zip(a.parameters(), b.parameters())]
@@ -88,7 +104,7 @@ def test_checkpoint_holds_full_state_and_resume_is_bit_identical(tmp_path):
     state = torch.load(tmp_path / "part.pt", weights_only=True)
     assert state["iteration"] == 8
     assert set(state) == {"iteration", "model", "ema", "optimizer", "scheduler", "rng"}
-    assert set(state["rng"]) == {"python", "numpy", "torch", "cuda", "degradation"}
+    assert set(state["rng"]) == {"python", "numpy", "torch", "cuda", "degradation", "degradation_device"}
     # Scramble the global RNGs: resume must restore them from the checkpoint.
     random.seed(123), np.random.seed(123), torch.manual_seed(123)
     resumed, resumed_ema = _tiny_run(tmp_path, "part", position="last", iterations=12, seed=0)

@@ -1,0 +1,166 @@
+"""Training speed of the engine (srcore.train.train): iterations per second of a paper-size
+SRResNet (64 features x 16 blocks, batch 16, LR patch 32, x4) for the loop before the speed
+work (a git worktree of commit 516f983, imported in a subprocess) and for today's loop at each
+precision and memory format, all in one run, so the ratios compare like with like on a noisy
+machine. Every configuration runs in its own process, in rounds that alternate the order; the
+best round counts (noise only ever slows a run down).
+
+    python benchmarks/bench_train.py                       # the table (`make bench` runs it)
+    python benchmarks/bench_train.py --threads 1 --rounds 2 --iters 6
+    python benchmarks/bench_train.py --configs new-fp32,new-bf16 --no-base
+
+The degradation is bicubic (the cheapest), so the figures are the engine's: model step,
+optimizer, EMA, data. The old loop comes from ``--base`` (default /tmp/wt_base, created with
+``git worktree add /tmp/wt_base 516f983`` when missing and git is available).
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BASE_COMMIT = "516f983"
+
+# name -> (precision, channels_last, compile); "old" runs the base worktree's loop (fp32).
+CONFIGS = {
+    "old-fp32": ("fp32", False, False),
+    "new-fp32": ("fp32", False, False),
+    "new-bf16": ("bf16", False, False),
+    "new-fp16": ("fp16", False, False),
+    "new-fp32-cl": ("fp32", True, False),
+    "new-bf16-cl": ("bf16", True, False),
+    "new-fp32-compile": ("fp32", False, True),
+    "new-bf16-compile": ("bf16", False, True),
+}
+DEFAULT = "old-fp32,new-fp32,new-bf16,new-fp32-cl,new-bf16-cl"
+
+
+def worker(args) -> dict:
+    """One configuration, timed in this process: prints a JSON line with it/s."""
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    from srcore.data import TrainPatches, builtin_images
+    from srcore.degrade import Bicubic
+    from srcore.models import build_model
+    from srcore.train import TrainSettings, train
+
+    precision, channels_last, compile_ = CONFIGS[args.worker]
+    torch.manual_seed(0)
+    model = build_model(args.backbone, num_feat=args.feat, num_block=args.blocks,
+                        **({"num_grow_ch": args.feat // 2} if args.backbone == "rrdb" else {}))
+    patches = TrainPatches(builtin_images("train"), patch=args.patch * 4, seed=0)
+    total = args.warmup + args.iters + 1
+    settings = dict(iterations=total, batch_size=args.batch, lr=2e-4, betas=(0.9, 0.99), weight_decay=0.0,
+                    periods=(total,), restart_weights=(1,), eta_min=1e-7, ema_decay=0.999, seed=0,
+                    log_every=total, val_every=total, ckpt_every=total, num_workers=0, device=args.device)
+    fields = {f.name for f in dataclasses.fields(TrainSettings)}
+    speed = dict(precision=precision, channels_last=channels_last, compile=compile_, tf32=args.tf32)
+    if args.worker.startswith("new"):
+        missing = [k for k in speed if k not in fields]
+        if missing:
+            raise SystemExit(f"this srcore has no {missing}: not the new loop")
+        settings.update(speed)
+    stamps = {}
+
+    def on_iteration(it):
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        stamps[it] = time.perf_counter()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        train(model, patches, Bicubic(4), TrainSettings(**settings), Path(tmp) / "ckpt.pt", on_iteration=on_iteration)
+    first, last = args.warmup, args.warmup + args.iters
+    return {"config": args.worker, "it_s": args.iters / (stamps[last] - stamps[first]),
+            "warmup_s": stamps[first] - min(stamps.values())}
+
+
+def _ensure_base(base: Path) -> bool:
+    if (base / "srcore" / "train.py").exists():
+        return True
+    try:
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base), BASE_COMMIT],
+                       check=True, capture_output=True)
+        return True
+    except (OSError, subprocess.CalledProcessError) as e:
+        print(f"no base worktree at {base} ({e}); the old loop is skipped", file=sys.stderr)
+        return False
+
+
+def run_config(name: str, args) -> dict | None:
+    env = dict(os.environ)
+    if name.startswith("old"):
+        env["PYTHONPATH"] = str(args.base)
+        cwd = str(args.base)
+    else:
+        env["PYTHONPATH"] = str(ROOT)
+        cwd = str(ROOT)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", name, *args.passthrough]
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        print(f"{name}: failed\n{proc.stderr[-2000:]}", file=sys.stderr)
+        return None
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--configs", default=DEFAULT, help=f"comma-separated, of: {', '.join(CONFIGS)}")
+    ap.add_argument("--backbone", default="srresnet", choices=["srresnet", "rrdb"])
+    ap.add_argument("--feat", type=int, default=64)
+    ap.add_argument("--blocks", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--patch", type=int, default=32, help="LR patch (HR = 4x)")
+    ap.add_argument("--iters", type=int, default=6, help="timed iterations per configuration and round")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=2, help="each configuration runs once per round; best counts")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--tf32", action="store_true")
+    ap.add_argument("--base", type=Path, default=Path("/tmp/wt_base"), help="worktree of the old code")
+    ap.add_argument("--no-base", action="store_true", help="skip the old loop")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(args)))
+        return
+    args.passthrough = [f"--backbone={args.backbone}", f"--feat={args.feat}", f"--blocks={args.blocks}",
+                        f"--batch={args.batch}", f"--patch={args.patch}", f"--iters={args.iters}",
+                        f"--warmup={args.warmup}", f"--device={args.device}",
+                        *([f"--threads={args.threads}"] if args.threads else []), *(["--tf32"] if args.tf32 else [])]
+    names = [c for c in args.configs.split(",") if c]
+    unknown = [c for c in names if c not in CONFIGS]
+    if unknown:
+        raise SystemExit(f"unknown configs {unknown}; allowed: {', '.join(CONFIGS)}")
+    if args.no_base or not _ensure_base(args.base):
+        names = [c for c in names if not c.startswith("old")]
+    best: dict[str, float] = {}
+    for r in range(args.rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            res = run_config(name, args)
+            if res:
+                best[name] = max(best.get(name, 0.0), res["it_s"])
+                print(f"  round {r + 1}: {name:18s} {res['it_s']:.3f} it/s", file=sys.stderr, flush=True)
+    ref_name = "old-fp32" if "old-fp32" in best else ("new-fp32" if "new-fp32" in best else None)
+    print(f"\n{args.backbone} {args.feat}x{args.blocks}, batch {args.batch}, LR patch {args.patch}, x4, "
+          f"{args.device}, threads {args.threads or 'default'}, best of {args.rounds} round(s) x {args.iters} it")
+    print(f"| config | it/s | vs {ref_name} |\n|---|---:|---:|")
+    for name in names:
+        if name in best:
+            ratio = f"{best[name] / best[ref_name]:.2f}x" if ref_name else "-"
+            print(f"| {name} | {best[name]:.3f} | {ratio} |")
+    if args.json:
+        args.json.write_text(json.dumps(best, indent=1))
+
+
+if __name__ == "__main__":
+    main()
