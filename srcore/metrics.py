@@ -114,6 +114,20 @@ def ssim(img: np.ndarray, ref: np.ndarray, crop_border: int, test_y: bool = True
                           for i in range(a.shape[2])]))
 
 
+def scores(img: np.ndarray, ref: np.ndarray, crop_border: int) -> dict[str, float]:
+    """``{"psnr", "psnr_y", "ssim_y"}`` of one image: bit-identical to ``psnr(img, ref, c)``,
+    ``psnr(img, ref, c, test_y=True)`` and ``ssim(img, ref, c)``, but the checks, the crop, the
+    float64 copy and the Y conversion are done once instead of three and two times (about a
+    third less work; the evaluation loop's metrics)."""
+    a, b = _prepare(img, ref, crop_border, False, "scores")
+    ya, yb = rgb_to_y(a), rgb_to_y(b)
+    if ya.shape[0] < 11 or ya.shape[1] < 11:
+        raise ValueError(f"ssim: needs at least 11x11 pixels after cropping, got {ya.shape}")
+    return {"psnr": psnr_from_mse(float(np.mean((a - b) ** 2))),
+            "psnr_y": psnr_from_mse(float(np.mean((ya[..., None] - yb[..., None]) ** 2))),
+            "ssim_y": float(np.mean([_ssim_channel(ya, yb)]))}
+
+
 def to_uint8(x) -> np.ndarray:
     """Float image in ``[0, 1]`` -> ``uint8`` HxWx3 RGB, clamped and rounded.
 

@@ -38,6 +38,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from srcore.evaluation.lr_cache import LRCache, image_digest
 from srcore.evaluation.suite import EvalCase, Suite
 from srcore.imageio import jpeg_roundtrip
 
@@ -161,11 +162,16 @@ def make_test_lr(hr: np.ndarray, degradation: str, scale: int = 4, seed: int = 0
 class PaperSuite(Suite):
     """The paper's test protocol as a suite: every image of every test set (``{set: [(name,
     HxWx3 uint8 HR)]}``), :func:`mod_crop`-ped, under each of ``degradations`` (in that order),
-    with the noise seeded by :func:`noise_seed` from ``base_seed``."""
+    with the noise seeded by :func:`noise_seed` from ``base_seed``.
+
+    With ``lr_cache`` (a folder, or an ``LRCache``) the LR images are read from that disk cache,
+    and made and stored there on a miss (``srcore.evaluation.lr_cache``): the same arrays as
+    without it, byte for byte."""
 
     def __init__(self, test_sets: dict[str, list[tuple[str, np.ndarray]]], degradations: list[str], scale: int,
-                 base_seed: int = 0):
+                 base_seed: int = 0, lr_cache=None):
         self.test_sets, self.degradations, self.scale, self.base_seed = test_sets, degradations, scale, base_seed
+        self.lr_cache = lr_cache if lr_cache is None or isinstance(lr_cache, LRCache) else LRCache(lr_cache)
 
     def __len__(self) -> int:
         return sum(len(images) for images in self.test_sets.values()) * len(self.degradations)
@@ -174,6 +180,12 @@ class PaperSuite(Suite):
         for set_name, images in self.test_sets.items():
             for image_name, hr in images:
                 hr = mod_crop(hr, self.scale)
+                digest = None if self.lr_cache is None else image_digest(hr)
                 for deg in self.degradations:
                     seed = noise_seed(set_name, image_name, deg, self.base_seed)
-                    yield EvalCase(set_name, image_name, deg, make_test_lr(hr, deg, self.scale, seed=seed), hr)
+                    if digest is None:
+                        lr = make_test_lr(hr, deg, self.scale, seed=seed)
+                    else:
+                        lr = self.lr_cache.get(digest, deg, self.scale, seed,
+                                               lambda: make_test_lr(hr, deg, self.scale, seed=seed))  # noqa: B023
+                    yield EvalCase(set_name, image_name, deg, lr, hr)
