@@ -41,6 +41,7 @@ tables: setup
 # Degradation throughput vs a per-image reference, and a training iteration vs the bare step.
 bench: setup
 	$(PY) benchmarks/bench_degradation.py
+	$(PY) benchmarks/bench_train.py
 
 # Every table and figure from 1,000 runs' offline wandb logs (generated once, cached in /tmp).
 bench-tables: setup

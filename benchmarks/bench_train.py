@@ -3,7 +3,9 @@ SRResNet (64 features x 16 blocks, batch 16, LR patch 32, x4) for the loop befor
 work (a git worktree of commit 516f983, imported in a subprocess) and for today's loop at each
 precision and memory format, all in one run, so the ratios compare like with like on a noisy
 machine. Every configuration runs in its own process, in rounds that alternate the order; the
-best round counts (noise only ever slows a run down).
+best round counts (noise only ever slows a run down). Two figures per configuration: wall-clock
+it/s and iterations per CPU-second of the process (with ``--threads 1`` the latter is what
+other processes on a shared machine disturb least).
 
     python benchmarks/bench_train.py                       # the table (`make bench` runs it)
     python benchmarks/bench_train.py --threads 1 --rounds 2 --iters 6
@@ -69,18 +71,119 @@ def worker(args) -> dict:
         if missing:
             raise SystemExit(f"this srcore has no {missing}: not the new loop")
         settings.update(speed)
+    first, last = args.warmup, args.warmup + args.iters
+    with tempfile.TemporaryDirectory() as tmp:
+        stamps = _timed_train(train, model, patches, Bicubic(4), TrainSettings(**settings), Path(tmp) / "ckpt.pt",
+                              first, last, args.device)
+    (w0, c0), (w1, c1) = stamps[first], stamps[last]
+    return {"config": args.worker, "it_s": args.iters / (w1 - w0), "it_cpu_s": args.iters / (c1 - c0)}
+
+
+def _timed_train(train, model, patches, degrade, settings, checkpoint, first: int, last: int, device: str) -> dict:
+    """Run ``train`` and return (wall clock, this process's CPU time) at the end of iterations
+    ``first`` and ``last``; the device is synchronised at those two points only (the loop itself
+    must not wait for it). On a shared CPU, CPU time per iteration (with one thread) is what
+    noise from other processes changes least."""
+    import torch
+
     stamps = {}
 
     def on_iteration(it):
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        stamps[it] = time.perf_counter()
+        if it in (first, last):
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+            stamps[it] = (time.perf_counter(), time.process_time())
 
-    with tempfile.TemporaryDirectory() as tmp:
-        train(model, patches, Bicubic(4), TrainSettings(**settings), Path(tmp) / "ckpt.pt", on_iteration=on_iteration)
+    train(model, patches, degrade, settings, checkpoint, on_iteration=on_iteration)
+    return stamps
+
+
+# --------------------------------------------------------------------------- the GPU matrix
+class FixedBatch:
+    """A 'degradation' that returns one pre-made (hr, lr) batch: the model step alone."""
+
+    def __init__(self, hr, lr):
+        self.hr, self.lr = hr, lr
+
+    def __call__(self, hr, g, crop=None):
+        return self.hr, self.lr
+
+
+PRECISION_ROWS = {"fp32": ("fp32", False), "tf32": ("fp32", True), "bf16": ("bf16", False), "fp16": ("fp16", False)}
+
+
+def matrix(args) -> list[dict]:
+    """Training it/s of each backbone x precision x channels_last x compile, in this process, on
+    the model step (a fixed pre-degraded batch), then the share of a full iteration (the job's
+    own degradation and data, as ``python -m sweeper`` runs it) spent outside that step."""
+    import torch
+
+    from srcore.train import train
+    from sweeper import build
+    from sweeper.compose import compose
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    t_start, rows = time.perf_counter(), []
+    small = ["backbone.num_feat=8", "backbone.num_block=2", "train.batch_size=2", "train.patch_size=8",
+             "degradation.gt_size=64"] if args.cpu_smoke else []
     first, last = args.warmup, args.warmup + args.iters
-    return {"config": args.worker, "it_s": args.iters / (stamps[last] - stamps[first]),
-            "warmup_s": stamps[first] - min(stamps.values())}
+
+    def run(backbone, precision, channels_last, compile_, degradation=None):
+        prec, tf32 = PRECISION_ROWS[precision]
+        cfg = compose([f"backbone={backbone}", *small, f"train.device={args.device}",
+                       *([f"backbone.num_grow_ch=4"] if args.cpu_smoke and backbone == "rrdb" else [])])
+        torch._dynamo.reset()
+        torch.manual_seed(0)
+        model = build.model(cfg)
+        deg = build.degradation(cfg)
+        patches = build.train_patches(cfg, deg)
+        settings = build.train_settings(cfg)
+        total = last + 1
+        settings.__dict__.update(iterations=total, periods=(total,), restart_weights=(1,), log_every=total,
+                                 val_every=total, ckpt_every=total, precision=prec, tf32=tf32,
+                                 channels_last=channels_last, compile=compile_)
+        if degradation != "job":
+            g = torch.Generator(settings.device).manual_seed(0)
+            hr = patches[0].unsqueeze(0).repeat(settings.batch_size, 1, 1, 1).to(settings.device).float() / 255
+            deg = FixedBatch(*deg(hr, g))
+        t0 = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            stamps = _timed_train(train, model, patches, deg, settings, Path(tmp) / "ckpt.pt", first, last,
+                                  settings.device)
+        return args.iters / (stamps[last][0] - stamps[first][0]), stamps[first][0] - t0
+
+    for backbone in args.backbones.split(","):
+        for compile_ in ((False, True) if args.compile else (False,)):
+            for precision in args.precisions.split(","):
+                for cl in (False, True):
+                    row = {"backbone": backbone, "precision": precision, "channels_last": cl, "compile": compile_}
+                    if time.perf_counter() - t_start > args.budget_s:
+                        rows.append({**row, "it_s": None, "note": "skipped: time budget"})
+                        continue
+                    try:
+                        it_s, warm = run(backbone, precision, cl, compile_)
+                        rows.append({**row, "it_s": it_s, "note": f"first {first} it {warm:.0f} s"})
+                    except Exception as e:  # one failing configuration must not hide the others
+                        rows.append({**row, "it_s": None, "note": f"failed: {type(e).__name__}: {str(e)[:80]}"})
+                    print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    # The model step alone vs a full iteration with the job's degradation and data.
+    backbone = args.backbones.split(",")[0]
+    for precision in args.outside_precisions.split(","):
+        step, _ = run(backbone, precision, False, False)
+        full, _ = run(backbone, precision, False, False, degradation="job")
+        rows.append({"backbone": backbone, "precision": precision, "channels_last": False, "compile": False,
+                     "it_s": full, "note": f"full iteration (job's degradation): {step / full:.2f}x the model "
+                                           f"step's time ({step:.2f} it/s)"})
+        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    return rows
+
+
+def print_matrix(rows: list[dict]) -> None:
+    print("| backbone | precision | channels_last | compile | it/s | note |\n|---|---|---|---|---:|---|")
+    for r in rows:
+        it_s = f"{r['it_s']:.2f}" if r["it_s"] else "-"
+        print(f"| {r['backbone']} | {r['precision']} | {r['channels_last']} | {r['compile']} | {it_s} | {r['note']} |")
 
 
 def _ensure_base(base: Path) -> bool:
@@ -129,9 +232,24 @@ def main(argv=None) -> None:
     ap.add_argument("--no-base", action="store_true", help="skip the old loop")
     ap.add_argument("--json", type=Path, help="also write the results here")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
+    g = ap.add_argument_group("the GPU matrix (benchmarks/gpu_check.sh)")
+    g.add_argument("--matrix", action="store_true", help="backbone x precision x channels_last x compile, "
+                   "in one process, at the paper's sizes (--cpu-smoke: tiny sizes)")
+    g.add_argument("--backbones", default="srresnet,rrdb")
+    g.add_argument("--precisions", default="fp32,tf32,bf16,fp16")
+    g.add_argument("--no-compile", dest="compile", action="store_false")
+    g.add_argument("--outside-precisions", default="fp32,bf16", help="precisions of the full-iteration rows")
+    g.add_argument("--budget-s", type=float, default=300, help="configurations starting later are skipped")
+    g.add_argument("--cpu-smoke", action="store_true", help="tiny network, batch and crops (checks the plumbing)")
     args = ap.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(args)))
+        return
+    if args.matrix:
+        rows = matrix(args)
+        print_matrix(rows)
+        if args.json:
+            args.json.write_text(json.dumps(rows, indent=1))
         return
     args.passthrough = [f"--backbone={args.backbone}", f"--feat={args.feat}", f"--blocks={args.blocks}",
                         f"--batch={args.batch}", f"--patch={args.patch}", f"--iters={args.iters}",
@@ -143,21 +261,25 @@ def main(argv=None) -> None:
         raise SystemExit(f"unknown configs {unknown}; allowed: {', '.join(CONFIGS)}")
     if args.no_base or not _ensure_base(args.base):
         names = [c for c in names if not c.startswith("old")]
-    best: dict[str, float] = {}
+    best: dict[str, dict] = {}
     for r in range(args.rounds):
         for name in (names if r % 2 == 0 else names[::-1]):
             res = run_config(name, args)
             if res:
-                best[name] = max(best.get(name, 0.0), res["it_s"])
-                print(f"  round {r + 1}: {name:18s} {res['it_s']:.3f} it/s", file=sys.stderr, flush=True)
-    ref_name = "old-fp32" if "old-fp32" in best else ("new-fp32" if "new-fp32" in best else None)
+                b = best.setdefault(name, {"it_s": 0.0, "it_cpu_s": 0.0})
+                b["it_s"], b["it_cpu_s"] = max(b["it_s"], res["it_s"]), max(b["it_cpu_s"], res["it_cpu_s"])
+                print(f"  round {r + 1}: {name:18s} {res['it_s']:.3f} it/s  {res['it_cpu_s']:.3f} it/CPU-s",
+                      file=sys.stderr, flush=True)
+    ref = "old-fp32" if "old-fp32" in best else ("new-fp32" if "new-fp32" in best else None)
     print(f"\n{args.backbone} {args.feat}x{args.blocks}, batch {args.batch}, LR patch {args.patch}, x4, "
           f"{args.device}, threads {args.threads or 'default'}, best of {args.rounds} round(s) x {args.iters} it")
-    print(f"| config | it/s | vs {ref_name} |\n|---|---:|---:|")
+    print(f"| config | it/s (wall) | vs {ref} | it per CPU-s | vs {ref} |\n|---|---:|---:|---:|---:|")
     for name in names:
         if name in best:
-            ratio = f"{best[name] / best[ref_name]:.2f}x" if ref_name else "-"
-            print(f"| {name} | {best[name]:.3f} | {ratio} |")
+            b = best[name]
+            r_wall = f"{b['it_s'] / best[ref]['it_s']:.2f}x" if ref else "-"
+            r_cpu = f"{b['it_cpu_s'] / best[ref]['it_cpu_s']:.2f}x" if ref else "-"
+            print(f"| {name} | {b['it_s']:.3f} | {r_wall} | {b['it_cpu_s']:.3f} | {r_cpu} |")
     if args.json:
         args.json.write_text(json.dumps(best, indent=1))
 

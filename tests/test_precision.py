@@ -233,3 +233,21 @@ def test_cuda_states_of_another_gpu_count_reseed_instead_of_crashing(tmp_path, m
         run(tmp_path, "gpus")
     assert reseed_value(0, 8) in seeded  # (torch.manual_seed calls it too, with the job's seed)
     assert any("CUDA random states of 2 GPU(s), this machine has 1" in r.getMessage() for r in caplog.records)
+
+
+# ------------------------------------------------------------------ the GPU check's CPU smoke run
+@pytest.mark.slow
+def test_gpu_check_runs_end_to_end_on_cpu_at_tiny_sizes(tmp_path):
+    import subprocess
+
+    from tests.conftest import ROOT
+    proc = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--cpu-smoke"], cwd=ROOT, capture_output=True,
+                          text=True, timeout=900, env={**__import__("os").environ, "OUT_DIR": str(tmp_path)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    table = proc.stdout.strip().splitlines()
+    assert table[0] == "| check | backbone | precision | channels_last | compile | it/s | note |"
+    rows = [line.split(" | ") for line in table[2:]]
+    assert sum(r[0] == "| model step" for r in rows) == 2 * 4 * 2  # backbones x precisions x channels_last
+    assert sum(r[0] == "| full iteration" for r in rows) == 2
+    assert rows[-1][0] == "| real job" and "s wall (train" in rows[-1][-1]
+    assert all(r[5] != "-" for r in rows), proc.stdout  # every configuration ran
