@@ -171,6 +171,15 @@ def _validate_suites(cfg: DictConfig) -> None:
         raise PreflightError(f"eval.suites={suites} must name one or more of: {', '.join(SUITES)}")
     if "seal" in suites:
         check_seal_root(cfg.eval.seal_root)  # one line naming the missing folder or file
+    for key in ("batch_size", "tile"):  # evaluation speed (docs/evaluation-speed.md): null or a positive integer
+        if cfg.eval.get(key) is not None:
+            _positive_int(f"eval.{key}", cfg.eval[key])
+    for key in ("workers", "tile_overlap"):
+        value = cfg.eval.get(key, 0)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise PreflightError(f"eval.{key}={value!r} must be a non-negative integer")
+    if cfg.eval.get("lr_cache") is not None and not str(cfg.eval.lr_cache).strip():
+        raise PreflightError("eval.lr_cache='' must be a folder, or null to rebuild the test LR images in every job")
 
 
 def _validate_data(cfg: DictConfig) -> None:
