@@ -44,7 +44,13 @@ def read_results(job_dir: Path) -> dict | None:
 
 
 def is_done(job_dir: Path) -> bool:
-    return read_results(job_dir) is not None
+    """Nothing is left to do for the job: its results are complete and its wandb run finished.
+    A job killed between writing ``results.json`` and finishing its wandb run (status.json's
+    ``wandb_finished`` is still False) is launched again, and ``sweeper.job.run_job`` only
+    completes the run from its results; folders written before that field existed count as done."""
+    if read_results(job_dir) is None:
+        return False
+    return (read_json(Path(job_dir) / STATUS) or {}).get("wandb_finished", True) is not False
 
 
 def write_json(path: Path, data: dict) -> None:
@@ -74,6 +80,7 @@ class JobStatus:
                      "val_psnr": previous.get("val_psnr"),
                      "started": previous.get("started", now), "attempt_started": now,
                      "attempt": previous.get("attempt", 0) + 1, "reason": None,
+                     "wandb_finished": False,  # until the job's wandb run is finished (see is_done)
                      "updated": now, **where()}
         self.every_s = every_s
         self._last_write = 0.0
