@@ -8,7 +8,7 @@ OUTPUT_ROOT = $(or $(SR_OUTPUT_ROOT),outputs)
 export WANDB_ERROR_REPORTING ?= false
 export WANDB_SILENT ?= true
 
-.PHONY: setup demo test test-slow test-all tables bench bench-launchers bench-tables bench-stats slurm-up slurm-down clean
+.PHONY: setup demo test test-slow test-all tables bench bench-launchers bench-tables bench-stats faults slurm-up slurm-down clean
 
 setup: $(STAMP)
 
@@ -54,6 +54,11 @@ bench-stats: setup
 # Launcher overhead: a 9-job smoke sweep under local, local_parallel and slurm (if up).
 bench-launchers: setup
 	$(PY) benchmarks/bench_launchers.py
+
+# Fault injection (issue 19): every reliability defect and kill -9 at 13 points of a job's life,
+# each rerun checked against an uninterrupted run; ends "N of M faults survived, nothing lost".
+faults: setup
+	$(PY) benchmarks/fault_injection.py
 
 # A real single-node SLURM cluster on this machine (root; installs Debian's packages if
 # missing), with accounting, for launcher=slurm and its tests. State in .slurm/.
