@@ -83,7 +83,8 @@ from pathlib import Path
 
 from wandb.proto import wandb_internal_pb2 as pb
 
-__all__ = ["OfflineRun", "WandbFileError", "find_run_files", "read_run", "read_runs"]
+__all__ = ["OfflineRun", "WandbFileError", "console_log", "find_run_files", "read_media", "read_run", "read_runs",
+           "system_metrics"]
 
 _FILE_HEADER = struct.Struct("<4sHB")  # ident, magic, version
 _IDENT, _MAGIC, _VERSION = b":W&B", 0xBEE1, 0
@@ -418,3 +419,65 @@ def _recency(run: OfflineRun) -> tuple:
     m = re.fullmatch(r"(.*?\d{8}_\d{6})-" + re.escape(run.run_id) + r"(?:-(\d+))?", name)
     stamp, n = (m[1], int(m[2] or 0)) if m else (name, 0)
     return (run.start_time or 0.0, stamp, n)
+
+
+# --------------------------------------------------------------------------- media, system metrics, console
+
+
+def _records(path, kinds: tuple[str, ...]):
+    """(kind, record) of the given record types, in file order."""
+    path = _resolve(path)
+    payloads, _ = _read_payloads(path, path.read_bytes())
+    parse = pb.Record.FromString
+    for payload in payloads:
+        rec = parse(payload)
+        kind = rec.WhichOneof("record_type")
+        if kind in kinds:
+            yield kind, getattr(rec, kind)
+
+
+def read_media(path) -> list[dict]:
+    """The media a run logged (images, tables, ...: values with a ``_type`` such as
+    ``image-file`` or ``table-file``), one entry per key and step in log order:
+    ``{"key", "step", "type", "path", "file", ...}`` plus the value's own fields (``caption``,
+    ``width``, ``height``, ``format``, ``sha256``...). ``path`` is as logged (relative to the
+    run's ``files/``), ``file`` the file on disk (which may be missing if the run was copied
+    without it). ``path`` is a ``.wandb`` file or the run directory holding it."""
+    path = _resolve(path)
+    files = path.parent / "files"
+    out = []
+    for _, rec in _records(path, ("history",)):
+        row = _history_row(rec)
+        step = row.get("_step", rec.step.num if rec.HasField("step") else None)
+        for key, value in row.items():
+            if isinstance(value, dict) and isinstance(value.get("_type"), str):
+                entry = {"key": key, "step": step, "type": value["_type"], **{k: v for k, v in value.items()
+                                                                              if k != "_type"}}
+                if isinstance(value.get("path"), str):
+                    entry["file"] = files / value["path"]
+                out.append(entry)
+    return out
+
+
+def system_metrics(path) -> list[dict]:
+    """wandb's system metrics samples (its ``_stats``: ``cpu``, ``memory_percent``,
+    ``proc.memory.rssMB``, ``disk.*``, ``network.*``, ``gpu.*``...), one dict per sample in file
+    order, with ``_timestamp`` (unix seconds)."""
+    out = []
+    for _, rec in _records(path, ("stats",)):
+        sample = {"_timestamp": rec.timestamp.seconds + rec.timestamp.nanos / 1e9}
+        for it in rec.item:
+            sample[it.key] = _loads(it.value_json)
+        out.append(sample)
+    return out
+
+
+def console_log(path) -> str:
+    """The run's captured console output: ``files/output.log`` (wandb's rendering, carriage
+    returns applied) when it exists, else the raw ``output_raw`` records joined (carriage
+    returns kept); empty when the console was not captured."""
+    path = _resolve(path)
+    log_file = path.parent / "files" / "output.log"
+    if log_file.is_file():
+        return log_file.read_text(errors="replace")
+    return "".join(rec.line for _, rec in _records(path, ("output_raw", "output")))
