@@ -25,7 +25,8 @@ from sweeper.jobstate import RESULTS, STATUS, JobStatus, read_json, read_results
 from sweeper.optuna_report import Pruned
 from sweeper.preemption import StopRequest
 from sweeper.preflight import validate_config
-from sweeper.wandb_run import JobRun, start_service
+from sweeper.progress import JobProgress
+from sweeper.wandb_run import JobRun, ValidationImages, degradation_panels, start_service
 
 log = logging.getLogger(__name__)
 
@@ -90,13 +91,18 @@ def _train_and_evaluate(cfg: DictConfig, job_dir: Path, job_name: str, tags: lis
     torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed fixes
     model = build.model(cfg)
     run = JobRun(cfg, job_dir, job_name, tags, service_start)
+    _record_trial(cfg, job_dir, run)
+    progress = JobProgress(cfg.logger.get("progress", "auto"), cfg.logger.get("progress_every_s", 30),
+                           cfg.train.iterations, val_key=f"val/{cfg.data.val_set}/clean/psnr").start()
+    validate, val_images = _validation_images(cfg, _validator(cfg, test_sets), test_sets)
     exit_code = 1
     try:
         t0 = time.perf_counter()
         try:
             final = train(model, patches, degrade, settings, job_dir / CHECKPOINT,
-                          log_metrics=_metrics_logger(cfg, run, status), validate=_validator(cfg, test_sets),
-                          on_iteration=status.heartbeat, should_stop=lambda: stop.requested)
+                          log_metrics=_metrics_logger(cfg, run, status, progress, val_images), validate=validate,
+                          on_iteration=_each(status.heartbeat, progress.on_iteration),
+                          should_stop=lambda: stop.requested)
         except Pruned as e:  # a clean end, not a failure: the study has seen the reports
             status.write(state="pruned", iteration=e.step, reason=str(e))
             log.info("%s: %s", job_name, e)
@@ -108,12 +114,14 @@ def _train_and_evaluate(cfg: DictConfig, job_dir: Path, job_name: str, tags: lis
         status.write(iteration=cfg.train.iterations, phase="evaluating")
         t0 = time.perf_counter()
         net = final if cfg.eval.use_ema else model
-        rows, means, seal = _evaluate(cfg, net, test_sets, job_dir, settings.device, stop)
+        rows, means, seal = _evaluate(cfg, net, test_sets, job_dir, settings.device, stop, progress.on_eval)
         eval_seconds = time.perf_counter() - t0
+        progress.close()
 
         metrics = {**{f"test/{k}": v for k, v in means.items()},
                    **{f"seal/{k}": v for k, v in (seal or {}).get("summary", {}).items()}}
-        run.log_results(rows, means, {**metrics, "train_seconds": train_seconds, "eval_seconds": eval_seconds}, seal)
+        run.log_results(rows, means, {**metrics, "train_seconds": train_seconds, "eval_seconds": eval_seconds}, seal,
+                        panels=_panels(cfg, net, test_sets) if rows else None)
         results = {"job": job_name, "sweep": cfg.sweep_name, "run_id": run.id, "tags": tags,
                    "config": OmegaConf.to_container(cfg, resolve=True), "metrics": metrics,
                    "per_image": rows, **({"seal": seal} if seal else {}), "train_seconds": train_seconds,
@@ -125,17 +133,20 @@ def _train_and_evaluate(cfg: DictConfig, job_dir: Path, job_name: str, tags: lis
         status.write(state="done", phase=None)
         exit_code = 0
         log.info("%s: done (train %.1fs, eval %.1fs)", job_name, train_seconds, eval_seconds)
+        progress.finished(job_name, metrics, list(test_sets), job_dir / RESULTS)
         return metrics
     finally:
+        progress.close()
         if run.finish(exit_code) and exit_code == 0:
             status.write(wandb_finished=True)  # without it, a rerun completes the wandb run
 
 
-def _evaluate(cfg: DictConfig, net, test_sets: dict, job_dir: Path, device, stop: StopRequest):
+def _evaluate(cfg: DictConfig, net, test_sets: dict, job_dir: Path, device, stop: StopRequest, on_progress=None):
     """The test suites of ``eval.suites``: (the paper's per-image rows, their per set x
     degradation means, SEAL's summary and per-case means or None)."""
     suites = list(cfg.eval.get("suites", ["paper"]))
-    rows, means = _evaluate_paper(cfg, net, test_sets, job_dir, device, stop) if "paper" in suites else ([], {})
+    rows, means = (_evaluate_paper(cfg, net, test_sets, job_dir, device, stop, on_progress) if "paper" in suites
+                   else ([], {}))
     return rows, means, _evaluate_seal(cfg, net, device) if "seal" in suites else None
 
 
@@ -149,7 +160,7 @@ def _evaluate_seal(cfg: DictConfig, net, device) -> dict:
             "cases": [{"case": c, **{m: float(v[k]) for m, v in per_case.items()}} for k, c in enumerate(cases)]}
 
 
-def _evaluate_paper(cfg: DictConfig, net, test_sets: dict, job_dir: Path, device, stop: StopRequest):
+def _evaluate_paper(cfg: DictConfig, net, test_sets: dict, job_dir: Path, device, stop: StopRequest, on_progress=None):
     """The paper's protocol, stopping between two images on a stop request: the images scored so
     far are kept in ``eval_partial.json`` and a rerun scores only the others."""
     partial = job_dir / EVAL_PARTIAL
@@ -157,7 +168,10 @@ def _evaluate_paper(cfg: DictConfig, net, test_sets: dict, job_dir: Path, device
     try:
         return evaluate(net, test_sets, list(cfg.eval.degradations), cfg.scale, cfg.eval.crop_border,
                         cfg.eval.noise_seed, device, save_dir=job_dir / "images" if cfg.eval.save_images else None,
-                        done=done, should_stop=lambda: stop.requested)
+                        done=done, should_stop=lambda: stop.requested, on_progress=on_progress,
+                        lr_cache=cfg.eval.get("lr_cache"), batch_size=cfg.eval.get("batch_size"),
+                        workers=cfg.eval.get("workers", 1), tile=cfg.eval.get("tile"),
+                        tile_overlap=cfg.eval.get("tile_overlap", 16))
     except EvaluationStopped as e:
         write_json(partial, {"rows": e.rows})
         raise
@@ -184,24 +198,87 @@ def _validator(cfg: DictConfig, test_sets: dict):
     device = build.train_settings(cfg).device
 
     def validate(net) -> dict:
-        _, means = evaluate(net, images, ["clean"], cfg.scale, cfg.eval.crop_border, cfg.eval.noise_seed, device)
+        _, means = evaluate(net, images, ["clean"], cfg.scale, cfg.eval.crop_border, cfg.eval.noise_seed, device,
+                            lr_cache=cfg.eval.get("lr_cache"), batch_size=cfg.eval.get("batch_size"),
+                            workers=cfg.eval.get("workers", 1), tile=cfg.eval.get("tile"),
+                            tile_overlap=cfg.eval.get("tile_overlap", 16))
         return {f"val/{k}": v for k, v in means.items()}
     return validate
 
 
-def _metrics_logger(cfg: DictConfig, run: JobRun, status: JobStatus):
-    """Training metrics -> wandb; validation PSNR also -> status.json and the Optuna trial (which
-    may raise ``Pruned``)."""
+def _metrics_logger(cfg: DictConfig, run: JobRun, status: JobStatus, progress: JobProgress | None = None,
+                    val_images: ValidationImages | None = None):
+    """Training metrics -> wandb (with the validation image panel, if any) and the progress bar;
+    validation PSNR also -> status.json and the Optuna trial (which may raise ``Pruned``)."""
     val_key = f"val/{cfg.data.val_set}/clean/psnr"
     reporter = build.trial_reporter(cfg)
 
     def log_metrics(metrics: dict, step: int) -> None:
-        run.log(metrics, step=step)
+        images = val_images.pop() if val_images is not None and val_key in metrics else {}
+        run.log({**metrics, **images}, step=step)
+        if progress is not None:
+            progress.log_metrics(metrics, step)
         if val_key in metrics:
             status.write(iteration=step, val_psnr=metrics[val_key])
             if reporter is not None:
                 reporter.report(metrics[val_key], step)  # raises Pruned when the study says stop
     return log_metrics
+
+
+def _each(*callbacks):
+    """One callback calling each of ``callbacks`` with the same arguments."""
+    def call(*args) -> None:
+        for callback in callbacks:
+            callback(*args)
+    return call
+
+
+def _images_cfg(cfg: DictConfig) -> dict:
+    """``logger.images`` with its defaults (a config from before it existed has none)."""
+    return {"panels": True, "val": True, "n": 2, "crop": 96,
+            **OmegaConf.to_container(cfg.logger.get("images") or OmegaConf.create({}), resolve=True)}
+
+
+def _validation_images(cfg: DictConfig, validate, test_sets: dict):
+    """(the validator, wrapped to render the first validation image when ``logger.images.val``;
+    the wrapper or None)."""
+    images = _images_cfg(cfg)
+    if validate is None or not images["val"] or cfg.logger.mode == "disabled":
+        return validate, None
+    wrapped = ValidationImages(validate, test_sets[cfg.data.val_set], cfg.data.val_set, cfg.scale, images["crop"],
+                               cfg.eval.noise_seed)
+    return wrapped, wrapped
+
+
+def _panels(cfg: DictConfig, net, test_sets: dict) -> dict | None:
+    """LR | SR | HR crops per test degradation of the first test set's first images (wandb)."""
+    images = _images_cfg(cfg)
+    if not images["panels"] or cfg.logger.mode == "disabled" or not test_sets:
+        return None
+    set_name, set_images = next(iter(test_sets.items()))
+    try:
+        return degradation_panels(net, set_images[: images["n"]], set_name, list(cfg.eval.degradations), cfg.scale,
+                                  cfg.eval.noise_seed, images["crop"])
+    except Exception as e:  # noqa: BLE001 - pictures must never fail a job with its results in hand
+        log.warning("image panels not rendered: %s", e)
+        return None
+
+
+def _record_trial(cfg: DictConfig, job_dir: Path, run: JobRun) -> None:
+    """An Optuna trial's job: its folder and wandb run on the trial (user attributes), so
+    optuna-dashboard leads to them."""
+    o = cfg.get("optuna")
+    if not o or o.trial is None:
+        return
+    from sweeper.optuna_report import record_job
+
+    attrs = {"job_dir": str(Path(job_dir).absolute()), "wandb_run_id": run.id}
+    if run.files_dir is not None and cfg.logger.mode == "offline":
+        attrs["wandb_dir"] = str(run.files_dir.absolute())
+    url = getattr(run.run, "url", None) if cfg.logger.mode == "online" else None
+    if url:
+        attrs["wandb_url"] = url
+    record_job(o.storage, o.trial, attrs)
 
 
 def interpret_after_training(cfg: DictConfig, net, test_sets: dict, job_dir: Path, job_name: str) -> dict:

@@ -6,6 +6,9 @@ other processes or on other nodes reach the study.
 """
 from __future__ import annotations
 
+import logging
+
+log = logging.getLogger(__name__)
 
 PRUNERS = ("none", "median", "successive_halving", "hyperband")
 
@@ -58,3 +61,14 @@ class TrialReporter:
         self.trial.report(value, step)
         if self.trial.should_prune():
             raise Pruned(step, value)
+
+
+def record_job(storage_url: str, trial_id: int, attrs: dict) -> None:
+    """Write ``attrs`` (the job's folder, its wandb run id, ...) as user attributes of its trial,
+    so optuna-dashboard shows where each trial's job and run are. Never fails the job."""
+    try:
+        storage = open_storage(storage_url)
+        for key, value in attrs.items():
+            storage.set_trial_user_attr(int(trial_id), key, value)
+    except Exception as e:  # noqa: BLE001 - bookkeeping must not stop the trial
+        log.warning("optuna: could not record the job on trial %s: %s", trial_id, e)

@@ -2,6 +2,7 @@
 adds to the same study, pruning stops trials early, concurrent trials share one storage."""
 import json
 import math
+from pathlib import Path
 
 import optuna
 import pytest
@@ -69,6 +70,12 @@ def test_two_trials_run_concurrently_under_local_parallel_on_one_storage(tmp_pat
     assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 4
     for t in study.trials:  # every job reported its validation PSNR through the shared storage
         assert sorted(t.intermediate_values) == [4, 8, 12, 16, 20, 24]
+    assert study.metric_names == ["test/*/blur+noise+jpeg/psnr"]  # optuna-dashboard names the value
+    for t in study.trials:  # each trial leads to its job folder and its wandb run
+        results = json.loads((Path(t.user_attrs["job_dir"]) / "results.json").read_text())
+        assert Path(t.user_attrs["job_dir"]).parent == sweep.absolute()
+        assert t.user_attrs["wandb_run_id"] == results["run_id"]
+        assert list(Path(t.user_attrs["wandb_dir"]).glob(f"run-{results['run_id']}.wandb"))
     spans = [json.loads(p.read_text()) for p in sweep.glob("*/status.json")]
     spans = sorted((s["attempt_started"], s["updated"]) for s in spans)
     assert spans[1][0] < spans[0][1], "the first two trials did not overlap"

@@ -18,7 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from analysis.wandb_offline import OfflineRun, WandbFileError, find_run_files, read_run, read_runs
+from analysis.wandb_offline import (OfflineRun, WandbFileError, console_log, find_run_files, read_media, read_run,
+                                    read_runs, system_metrics)
+from srcore.evaluation import TEST_DEGRADATIONS
+from tests.conftest import TINY, run_sweeper
 
 CONFIG = {
     "backbone": {"name": "srresnet", "num_feat": 64},
@@ -310,3 +313,56 @@ def test_read_runs_can_skip_a_corrupt_file(root, tmp_path):
     with pytest.warns(UserWarning, match="run-bad.wandb"):
         runs = read_runs(tmp_path, skip_corrupt=True)
     assert [r.path for r in runs] == [good]
+
+
+def test_a_smoke_jobs_run_page_has_panels_system_metrics_and_its_console(tmp_path):
+    """A job's offline run, read back by this reader: an LR | SR | HR panel per test degradation
+    (the same crops in every run), the validation panel at every val step, system metrics, the
+    console log, and the headline metric per degradation in the summary."""
+    run_sweeper([*TINY, "train.iterations=8", "train.val_every=4", "eval.max_images=2",
+                 "logger.system_metrics_every_s=1"], tmp_path)
+    (run_file,) = find_run_files(tmp_path / "runs")
+    run = read_run(run_file)
+    assert run.state == "finished"
+    media = read_media(run_file)
+    panels = {m["key"].removeprefix("images/"): m for m in media if m["key"].startswith("images/")}
+    assert sorted(panels) == sorted(TEST_DEGRADATIONS)
+    for deg, m in panels.items():
+        assert m["type"] == "image-file" and m["file"].is_file() and m["step"] == 8
+        assert (m["width"], m["height"]) == (3 * 96 + 4, 2 * 96 + 2)  # LR | SR | HR, 2 images, 96 px
+        assert m["caption"].startswith(f"{deg}: LR (x4 nearest) | SR | HR; builtin: ")
+    assert [m["step"] for m in media if m["key"] == "val/images"] == [4, 8]
+    assert {m["key"] for m in media if m["type"] == "table-file"} == {"test/metrics", "test/per_image"}
+    stats = system_metrics(run_file)
+    assert stats and all("_timestamp" in s for s in stats)
+    assert any("proc.memory.rssMB" in s or "memory_percent" in s for s in stats), stats[0]
+    console = console_log(run_file)
+    assert "train 8/8 (100%)" in console and "results: " in console and "\r" not in console
+    for deg in TEST_DEGRADATIONS:  # stable keys: the run table sorts and groups by them
+        assert isinstance(run.summary[f"test/builtin/{deg}/psnr"], float)
+    assert len({m["sha256"] for m in panels.values()}) == len(panels)  # each degradation its own LR
+
+
+def test_panels_show_the_same_crops_whatever_the_model():
+    """Runs compare side by side: the LR and HR crops of a panel depend on the test images and
+    the degradation only (the test protocol's own LR, its noise seed), the SR on the model."""
+    import numpy as np
+    import torch
+
+    from sweeper.wandb_run import degradation_panels
+
+    rng = np.random.default_rng(0)
+    images = [("a", rng.integers(0, 256, (130, 150, 3), dtype=np.uint8)),
+              ("b", rng.integers(0, 256, (64, 200, 3), dtype=np.uint8))]
+    nets = [torch.nn.Upsample(scale_factor=4, mode=m) for m in ("nearest", "bilinear")]
+    a, b = (degradation_panels(net, images, "S", ["clean", "blur+noise"], 4, 0, 96) for net in nets)
+    for deg in ("clean", "blur+noise"):
+        (pa, caption), (pb, _) = a[deg], b[deg]
+        assert caption == f"{deg}: LR (x4 nearest) | SR | HR; S: a, b"
+        assert pa.shape == (96 + 2 + 64, 3 * 96 + 4, 3)  # the second image is 64 px high
+        lr_and_hr = np.r_[0:96, 196:292]
+        assert np.array_equal(pa[:, lr_and_hr], pb[:, lr_and_hr])
+        assert not np.array_equal(pa[:, 98:194], pb[:, 98:194])
+        assert (pa[96:98] == 255).all()  # white between the rows
+    hr = images[0][1][:128, :148]  # mod-crop to x4, then the centre 96 px on the LR grid
+    assert np.array_equal(a["clean"][0][:96, 196:292], hr[16:112, 24:120])

@@ -15,7 +15,10 @@ failures exceed ``max_failure_rate``. Jobs report validation PSNR to their trial
 when the pruner says so (``sweeper.job``). Unlike the grid sweeper it takes no sweep lock:
 two drivers on one study are Optuna's way to search in parallel, each asking for its own
 trials (a trial is never run twice). Results: ``optimization_results.yaml``,
-``trials.csv`` and parameter importances in the sweep folder.
+``trials.csv`` and parameter importances in the sweep folder. The study's values are named
+after the objectives (``Study.set_metric_names``), and each trial's job records its folder and
+wandb run as trial user attributes (``job_dir``, ``wandb_run_id``, ``wandb_dir`` offline,
+``wandb_url`` online), so optuna-dashboard leads from a trial to its run.
 """
 from __future__ import annotations
 
@@ -175,6 +178,7 @@ class OptunaSweeper(Sweeper):
             sampler=make_sampler(self.sampler_name, self.seed, space),
             pruner=make_pruner(self.pruner_name, self.pruner_startup, self.pruner_warmup),
             directions=self.directions)
+        set_metric_names(study, self.objectives)
         already = len(study.trials)
         if already == 0:
             for e in self.enqueue:
@@ -299,6 +303,18 @@ def tell(study, trial, values=None, state=None) -> bool:
             raise
         return True
     return False
+
+
+def set_metric_names(study, objectives: list[str]) -> None:
+    """Name the study's values after its objectives (optuna-dashboard shows them), where this
+    Optuna has ``Study.set_metric_names``."""
+    import warnings
+
+    if not hasattr(study, "set_metric_names"):
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # ExperimentalWarning
+        study.set_metric_names(list(objectives))
 
 
 def _fail_reason(study, trial, reason: str) -> None:
