@@ -8,7 +8,7 @@ OUTPUT_ROOT = $(or $(SR_OUTPUT_ROOT),outputs)
 export WANDB_ERROR_REPORTING ?= false
 export WANDB_SILENT ?= true
 
-.PHONY: setup demo test test-slow test-all tables bench bench-launchers bench-tables bench-stats faults slurm-up slurm-down clean
+.PHONY: setup demo test test-slow test-all tables bench bench-eval bench-launchers bench-tables bench-stats faults slurm-up slurm-down clean
 
 setup: $(STAMP)
 
@@ -42,6 +42,10 @@ tables: setup
 bench: setup
 	$(PY) benchmarks/bench_degradation.py
 	$(PY) benchmarks/bench_train.py
+
+# One job's evaluation (Set5 + Set14 + BSD68 x 8 degradations): before issue 20 vs now, cold and warm test-LR cache.
+bench-eval: setup
+	$(PY) benchmarks/bench_eval.py
 
 # Every table and figure from 1,000 runs' offline wandb logs (generated once, cached in /tmp).
 bench-tables: setup
