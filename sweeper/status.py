@@ -17,6 +17,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+from sweeper.background import driver_line
 from sweeper.jobstate import MANIFEST, STATES, job_labels, job_state, read_json, write_json
 
 SLURM_TASKS = "slurm_tasks.json"  # in the sweep folder: {"jobs": {overrides: {task, submitted}}, "request"}
@@ -76,6 +77,11 @@ def record_slurm_tasks(sweep_dir: Path, tasks: dict[str, str], request: dict) ->
 def queue_states(tasks) -> dict[str, tuple[str, str]]:
     """squeue's (state, reason) of each task still known to it, e.g. {"123_4": ("PENDING",
     "Resources")}; {} when squeue cannot answer (no SLURM here, tasks long gone)."""
+    return _squeue(tasks) or {}
+
+
+def _squeue(tasks) -> dict[str, tuple[str, str]] | None:
+    """``queue_states``, or None when squeue did not answer."""
     arrays = sorted({str(t).split("_")[0] for t in tasks})
     if not arrays:
         return {}
@@ -83,9 +89,57 @@ def queue_states(tasks) -> dict[str, tuple[str, str]]:
         proc = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(arrays), "-o", "%i %T %r"], capture_output=True,
                               text=True, timeout=60)
     except (OSError, subprocess.TimeoutExpired):
-        return {}
+        return None
+    if proc.returncode != 0 and "Invalid job id" not in proc.stderr:  # (squeue's word for "all of them are over")
+        return None
     fields = (line.split(None, 2) for line in proc.stdout.splitlines())
     return {f[0]: (f[1], f[2] if len(f) > 2 else "") for f in fields if len(f) >= 2}
+
+
+def accounting_states(tasks) -> dict[str, str]:
+    """sacct's state of each task, e.g. {"123_4": "CANCELLED"} (the word only), for tasks squeue no
+    longer lists (finished, cancelled, failed); {} when sacct cannot answer (no accounting)."""
+    arrays = sorted({str(t).split("_")[0] for t in tasks})
+    if not arrays:
+        return {}
+    try:
+        proc = subprocess.run(["sacct", "-n", "-X", "-P", "-j", ",".join(arrays), "-o", "JobID,State"],
+                              capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    fields = (line.split("|") for line in proc.stdout.splitlines())
+    return {f[0]: f[1].split()[0].upper() for f in fields if len(f) >= 2 and f[1].strip()}
+
+
+# squeue/sacct states of a task that is not over (a requeued task passes through several of them)
+NOT_OVER = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "COMPLETING", "CONFIGURING",
+            "RESIZING", "SUSPENDED", "PREEMPTED", "SIGNALING", "STAGE_OUT", "UNKNOWN", "READY"}
+
+
+def cluster_states(tasks) -> dict[str, tuple[str, str]]:
+    """(state, reason) of each task: squeue's while it is queued or running, sacct's once it is over
+    (reason ""), and GONE for a task neither knows (SLURM keeps no record of an array task
+    cancelled before it started). Empty when squeue does not answer."""
+    tasks = list(tasks)
+    states = _squeue(tasks)
+    if states is None:
+        return {}
+    gone = [t for t in tasks if t not in states]
+    if gone:
+        accounted = accounting_states(gone)
+        states.update({t: (accounted.get(t, "GONE"), "") for t in gone})
+    return states
+
+
+def live_tasks(sweep_dir: Path) -> dict[str, tuple[str, str]]:
+    """The jobs of the sweep (by ``job_key``) whose SLURM task is queued or running on the cluster
+    now, with (task, state): a second driver must wait for them, not submit them again."""
+    submitted = (read_json(Path(sweep_dir) / SLURM_TASKS) or {}).get("jobs", {})
+    if not submitted:
+        return {}
+    states = cluster_states({t["task"] for t in submitted.values()})
+    return {key: (t["task"], states[t["task"]][0]) for key, t in submitted.items()
+            if t["task"] in states and states[t["task"]][0] in NOT_OVER}
 
 
 def never_clears(reason: str, request: dict | None) -> str | None:
@@ -117,19 +171,40 @@ def pending_note(task: str, state: str, reason: str, since: float | None, reques
     return note, why is not None
 
 
-def queued_notes(sweep_dir: Path) -> dict[str, str]:
-    """``pending_note`` of every job (by folder name) whose SLURM task is still in the queue."""
+def cluster_notes(sweep_dir: Path) -> dict[str, tuple[str, str]]:
+    """What the cluster says of every job (by folder name) that has a SLURM task: (its state, a
+    line). Queued tasks get ``pending_note`` (how long and why); tasks that are over get their
+    final accounting state, e.g. ("CANCELLED", "slurm 12_3 CANCELLED")."""
     submitted = read_json(Path(sweep_dir) / SLURM_TASKS) or {}
     manifest = read_json(Path(sweep_dir) / MANIFEST) or {}
     tasks = {j["name"]: submitted.get("jobs", {}).get(job_key(j["overrides"])) for j in manifest.get("jobs", [])}
     tasks = {name: t for name, t in tasks.items() if t}
-    states = queue_states(t["task"] for t in tasks.values())
-    return {name: pending_note(t["task"], *states[t["task"]], t.get("submitted"), submitted.get("request"))[0]
-            for name, t in tasks.items() if t["task"] in states}
+    states = cluster_states(t["task"] for t in tasks.values())
+    notes = {}
+    for name, t in tasks.items():
+        if t["task"] not in states:
+            continue
+        state, reason = states[t["task"]]
+        if state in NOT_OVER:
+            notes[name] = (state, pending_note(t["task"], state, reason, t.get("submitted"), submitted.get("request"))[0])
+        elif state == "GONE":
+            notes[name] = (state, f"slurm {t['task']} left the queue without a record (cancelled before it started?)")
+        else:
+            notes[name] = (state, f"slurm {t['task']} {state}")
+    return notes
 
 
-def job_line(job_dir: Path, label: str, queued: str | None = None) -> tuple[str, dict]:
+def job_line(job_dir: Path, label: str, cluster: tuple[str, str] | None = None) -> tuple[str, dict]:
     state, d = job_state(job_dir)
+    queued = None
+    if cluster:
+        slurm_state, note = cluster
+        if slurm_state in ("PENDING", "REQUEUED", "REQUEUE_HOLD", "SUSPENDED"):
+            queued = note
+        elif slurm_state not in NOT_OVER and slurm_state != "COMPLETED" and state not in ("done", "failed"):
+            # over on the cluster without a result (cancelled, timed out, out of memory...), whatever
+            # the job's own files last said: no process of it is left to finish
+            state, d = "failed", {**d, "reason": f"{note}; no result: run the same command again to resubmit it"}
     it, total = d.get("iteration"), d.get("iterations")
     progress = f"{it}/{total}" if total else "-"
     val = d.get("val_psnr")
@@ -155,13 +230,16 @@ def job_line(job_dir: Path, label: str, queued: str | None = None) -> tuple[str,
 def sweep_status(sweep_dir: Path) -> tuple[list[str], Counter]:
     counts: Counter = Counter()
     lines = [f"{'state':<11} {'iteration':>15} {'val PSNR':>8} {'elapsed':>9}  job"]
-    queued = queued_notes(sweep_dir) if (sweep_dir / SLURM_TASKS).exists() else {}
+    cluster = cluster_notes(sweep_dir) if (sweep_dir / SLURM_TASKS).exists() else {}
     for d, label in sweep_jobs(sweep_dir):
-        state, info = job_line(d, label, queued.get(d.name))
+        state, info = job_line(d, label, cluster.get(d.name))
         counts[state] += 1
         lines.append(info["line"])
     total = sum(counts.values())
     lines.append(f"{total} jobs: " + ", ".join(f"{counts[s]} {s}" for s in reversed(STATES) if counts[s]))
+    driver = driver_line(sweep_dir)
+    if driver:
+        lines.append(driver)
     return lines, counts
 
 
@@ -185,7 +263,7 @@ def main(argv: list[str] | None = None) -> int:
             lines, counts = sweep_status(sweep)
             print(f"== {sweep}" if len(sweeps) > 1 else f"== {sweep.name}")
             print("\n".join(lines))
-            running += counts["running"]
+            running += counts["running"] + (driver_line(sweep) is not None)  # a driver still launches jobs
             failed += counts["failed"]
         if not args.watch or not running:
             return 1 if failed else 0

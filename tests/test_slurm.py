@@ -21,7 +21,7 @@ def cluster_up() -> bool:
         proc = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=10)
     except (FileNotFoundError, subprocess.TimeoutExpired):
         return False
-    return proc.returncode == 0 and any(s in proc.stdout for s in ("idle", "mixed", "allocated"))
+    return proc.returncode == 0 and any(s in proc.stdout for s in ("idle", "mixed", "allocated", "completing"))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -200,3 +200,72 @@ def test_a_held_task_is_reported_pending_with_its_reason_until_released(tmp_path
     assert proc.returncode == 0, out[-3000:]
     assert f"1 of 1 tasks waiting: slurm {task} pending for" in out and "(JobHeldUser): will not start" in out
     assert len(results(sweep)) == 1
+
+
+def test_a_detached_sweep_survives_a_cancel_and_a_requeue_and_the_next_run_resubmits_only_the_cancelled(
+        tmp_path, capsys):
+    """Issue 19: submit and walk away. While no driver runs, one task is cancelled and one is
+    preempted (requeued); `sweeper.status` shows each state; the same command again submits only
+    the cancelled job, waits for the others where they are, and the tables end complete."""
+    from sweeper.status import main as status_main
+
+    args = ["-m", *TINY, *SCHEDULE, "dropout.p=0.1,0.2,0.3,0.4", *SLURM, "hydra.launcher.queue_poll_s=1"]
+    # held, so that the test decides what runs when
+    first = run_sweeper([*args, "hydra.launcher.detach=true", "+hydra.launcher.additional_parameters.hold=true"],
+                        tmp_path, timeout=120)
+    assert "slurm: submitted 4 jobs as array" in first.stderr + first.stdout
+    sweep = sweep_dir(tmp_path)
+    tasks = {o.split("=")[1]: t["task"] for key, t in json.loads((sweep / "slurm_tasks.json").read_text())["jobs"].items()
+             for o in key.split() if o.startswith("dropout.p=")}
+    jobs = {o.split("=")[1]: sweep / j["name"] for j in json.loads((sweep / "jobs.json").read_text())["jobs"]
+            for o in j["overrides"] if o.startswith("dropout.p=")}
+    subprocess.run(["scancel", tasks["0.4"]], check=True)  # cancelled before it ever ran
+    for p in ("0.1", "0.2", "0.3"):
+        subprocess.run(["scontrol", "release", tasks[p]], check=True)
+
+    deadline = time.monotonic() + 180
+    while read_status(jobs["0.1"]).get("iteration", 0) < 20:
+        assert time.monotonic() < deadline, "p=0.1 never reached iteration 20"
+        time.sleep(0.05)
+    signaller = subprocess.Popen(["scancel", "--signal=USR2", tasks["0.1"]], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while read_status(jobs["0.1"]).get("state") != "interrupted" or squeue_state(tasks["0.1"])[0] != "PENDING":
+            assert time.monotonic() < deadline, "p=0.1 was never requeued"
+            time.sleep(0.2)
+    finally:
+        signaller.kill()
+        signaller.wait()
+
+    status_main([str(sweep)])
+    out = capsys.readouterr().out.splitlines()
+    lines = {p: next(ln for ln in out if f"  dropout.p={p}" in ln) for p in jobs}
+    # (SLURM keeps no record of an array task cancelled while pending: the files and the queue tell)
+    assert lines["0.4"].startswith("failed") and f"slurm {tasks['0.4']} left the queue" in lines["0.4"], lines["0.4"]
+    assert lines["0.1"].startswith("interrupted") and f"slurm {tasks['0.1']} pending for" in \
+        lines["0.1"], lines["0.1"]
+
+    # The same command again (attached): only p=0.4 is submitted; the requeued p=0.1 is waited for.
+    second = start_sweeper(args, tmp_path)
+    try:
+        deadline = time.monotonic() + 120
+        while squeue_state(tasks["0.1"])[0] == "PENDING":
+            assert time.monotonic() < deadline and second.poll() is None
+            if squeue_state(tasks["0.1"])[1] == "BeginTime":  # SLURM holds a requeued job ~2 min
+                subprocess.run(["scontrol", "update", f"JobId={tasks['0.1']}", "StartTime=now"], check=False)
+            time.sleep(0.5)
+        out, _ = second.communicate(timeout=600)
+    finally:
+        if second.poll() is None:
+            second.kill()
+    assert second.returncode == 0, out[-3000:]
+    assert "slurm: submitted 1 jobs as array" in out and "are already queued or running on the cluster" in out, out
+    assert "sweep: all 4 jobs done" in out
+    done = results(sweep)
+    assert sorted(r["config"]["dropout"]["p"] for r in done.values()) == [0.1, 0.2, 0.3, 0.4]
+    assert json.loads((jobs["0.1"] / "results.json").read_text())["attempt"] == 2
+
+    from analysis.tables import main as tables_main
+    tables_main([str(sweep)])
+    table = capsys.readouterr().out
+    assert "unfinished" not in table and "missing" not in table and "0.4" in table, table

@@ -34,8 +34,9 @@ def task_label(tasks: list[str]) -> str:
 class QueueWatch:
     """``with QueueWatch(tasks, request, poll_s):`` around the wait for the tasks' results."""
 
-    def __init__(self, tasks: list[str], request: dict, poll_s: float):
+    def __init__(self, tasks: list[str], request: dict, poll_s: float, progress=None):
         self.tasks, self.request, self.poll_s = list(tasks), request, poll_s
+        self.progress = progress  # a sweeper.sweep_progress.SweepProgress: "k of N done" when it changes
         self.submitted = time.time()
         self.reasons: dict[str, str] = {}  # pending task -> its reason at the last poll
         self.polls = 0
@@ -55,6 +56,8 @@ class QueueWatch:
             try:
                 for level, line in self.check(queue_states(self.tasks)):
                     log.log(level, line)
+                if self.progress is not None:
+                    self.progress.report()
             except Exception as e:  # noqa: BLE001 - the watch only informs; the wait goes on without it
                 log.debug("slurm queue watch: %s", e)
 
