@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import time
 from collections import deque
 from pathlib import Path
@@ -26,9 +27,10 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra.plugins.launcher import Launcher
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 from hydra_plugins.sr_sweeper.slurm_queue import QueueWatch
+from sweeper.jobstate import MANIFEST, STATUS, is_done, read_json
 from sweeper.naming import result_overrides
 from sweeper.preflight import check_slurm_request, slurm_request
-from sweeper.status import job_key, record_slurm_tasks
+from sweeper.status import NOT_OVER, cluster_states, job_key, live_tasks, record_slurm_tasks
 
 log = logging.getLogger(__name__)
 
@@ -76,8 +78,22 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
+def stop_with_parent() -> None:
+    """SIGTERM this process when the driver dies (Linux): its job saves its state and stops, as on
+    any stop signal. Without it a killed driver left workers finishing their jobs unseen, and the
+    next driver, finding the sweep's lock stale, started the same jobs a second time."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() == 1:  # the driver died before the call above
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
 def _worker_main(conn, device: str | None, threads: int | None, log_path: str) -> None:
     """A long-lived job process: pinned to one GPU, imports paid once, runs jobs it is sent."""
+    stop_with_parent()
     os.environ["CUDA_VISIBLE_DEVICES"] = device if device is not None else ""
     log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(log_fd, 1)
@@ -117,8 +133,9 @@ class LocalParallelLauncher(Launcher):
     out of memory) fails only its current job and is replaced."""
 
     def __init__(self, max_parallel: int | None = None, gpus: Sequence[Any] | None = None,
-                 threads_per_job: int | None = None) -> None:
+                 threads_per_job: int | None = None, detach: bool = False) -> None:
         self.config = self.hydra_context = self.task_function = None
+        self.detach = bool(detach)  # the sweeper runs this driver in the background (sweeper.background)
         self.gpus = [str(g) for g in gpus] if gpus is not None else None
         self.max_parallel = max_parallel
         self.threads_per_job = threads_per_job
@@ -206,6 +223,8 @@ class LocalParallelLauncher(Launcher):
                         del busy[slot]
                         status = "done" if results[i].status == JobStatus.COMPLETED else "FAILED"
                         log.info("\t#%d %s", initial_job_idx + i, status)
+                        if getattr(self, "progress", None) is not None:
+                            self.progress.report(force=True)
                         if not proc.is_alive() or proc.sentinel in ready:
                             proc.join(timeout=10)
                             conn.close()
@@ -236,12 +255,14 @@ class SlurmLauncher(BaseSubmititLauncher):
 
     _EXECUTOR = "slurm"
 
-    def __init__(self, jobs_per_task: int = 1, queue_poll_s: float = 60.0, **params: Any) -> None:
+    def __init__(self, jobs_per_task: int = 1, queue_poll_s: float = 60.0, detach: bool = False,
+                 **params: Any) -> None:
         super().__init__(**params)
         if int(jobs_per_task) < 1:
             raise ValueError(f"hydra.launcher.jobs_per_task={jobs_per_task} is invalid: it must be >= 1")
         self.jobs_per_task = int(jobs_per_task)
         self.queue_poll_s = float(queue_poll_s)
+        self.detach = bool(detach)
 
     def preflight(self) -> None:
         """Before anything is submitted: a task must fit on a node of its partition (``sinfo``);
@@ -256,6 +277,44 @@ class SlurmLauncher(BaseSubmititLauncher):
         return returns
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        """Submit the jobs that are not already queued or running on the cluster (a driver that was
+        stopped, or detached, left them there: ``live_tasks`` asks squeue and sacct), then wait for
+        all of them; with ``detach`` return at once and let ``python -m sweeper.status`` follow."""
+        sweep_dir = Path(str(self.config.hydra.sweep.dir))
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        live = live_tasks(sweep_dir)
+        keys = [job_key(result_overrides(o)) for o in job_overrides]
+        queued = {i: live[k][0] for i, k in enumerate(keys) if k in live}
+        if queued:
+            log.info("slurm: %d of %d jobs are already queued or running on the cluster (%s): not submitted again",
+                     len(queued), len(keys), ", ".join(sorted({live[keys[i]][0] for i in queued})))
+        todo = [i for i in range(len(job_overrides)) if i not in queued]
+        tasks, packs = self._submit(sweep_dir, [(i, job_overrides[i]) for i in todo], initial_job_idx)
+        if self.detach:
+            log.info("slurm: detached; the jobs run without this process. Follow them with `python -m "
+                     "sweeper.status %s`; run the same command again to wait for them or resubmit failed ones",
+                     sweep_dir)
+            return [JobReturn(overrides=list(o), status=JobStatus.UNKNOWN) for o in job_overrides]
+        results: dict[int, JobReturn] = {}
+        with QueueWatch([t.job_id for t in tasks] + sorted(set(queued.values())), slurm_request(self.params),
+                        self.queue_poll_s, progress=getattr(self, "progress", None)):
+            for task, pack in zip(tasks, packs):
+                overrides = [job_overrides[i] for i in pack]
+                try:
+                    returns = wait_for_result(task)
+                except Exception:  # the task died: every job of it without a result is failed
+                    failed = collect(task, overrides[0])
+                    returns = [failed_return(o, job_error(failed)) for o in overrides]
+                results.update(zip(pack, returns))
+            for i, task in queued.items():
+                results[i] = wait_for_queued(task, job_overrides[i], sweep_dir, self.queue_poll_s)
+        return [results[i] for i in range(len(job_overrides))]
+
+    def _submit(self, sweep_dir: Path, jobs: list[tuple[int, Sequence[str]]], initial_job_idx: int):
+        """One job array for ``jobs`` ((index, overrides) pairs), ``jobs_per_task`` per task:
+        (the tasks, the job indices of each)."""
+        if not jobs:
+            return [], []
         import submitit
         from hydra_plugins.hydra_submitit_launcher.config import BaseQueueConf
         from omegaconf import OmegaConf
@@ -266,34 +325,38 @@ class SlurmLauncher(BaseSubmititLauncher):
         base = set(OmegaConf.structured(BaseQueueConf).keys())
         executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in self.params.items()
                                       if k not in init_keys})
-        sweep_dir = Path(str(self.config.hydra.sweep.dir))
-        sweep_dir.mkdir(parents=True, exist_ok=True)
         args = [(list(o), "hydra.sweep.dir", initial_job_idx + i, f"job_id_for_{initial_job_idx + i}",
-                 Singleton.get_state()) for i, o in enumerate(job_overrides)]
+                 Singleton.get_state()) for i, o in jobs]
         k = self.jobs_per_task
-        packs = [args[i:i + k] for i in range(0, len(args), k)]
+        packs = [args[n:n + k] for n in range(0, len(args), k)]
         tasks = executor.map_array(self, packs)
         log.info("slurm: submitted %d jobs as array %s (%d tasks)", len(args),
                  tasks[0].job_id.split("_")[0] if tasks else "-", len(tasks))
-        request = slurm_request(self.params)
-        # for `python -m sweeper.status`: which task runs each job, so it can ask the queue about it
+        # for `python -m sweeper.status` and the next driver: which task runs each job
         record_slurm_tasks(sweep_dir, {job_key(result_overrides(job_args[0])): task.job_id
-                                       for task, pack in zip(tasks, packs) for job_args in pack}, request)
-        results: list[JobReturn] = []
-        with QueueWatch([t.job_id for t in tasks], request, self.queue_poll_s):
-            for task, pack in zip(tasks, packs):
-                overrides = [job_args[0] for job_args in pack]
-                try:
-                    results += wait_for_result(task)
-                except Exception:  # the task died: every job of it without a result is failed
-                    failed = collect(task, overrides[0])
-                    results += [failed_return(o, job_error(failed)) for o in overrides]
-        return results
+                                       for task, pack in zip(tasks, packs) for job_args in pack},
+                           slurm_request(self.params))
+        indices = [i for i, _ in jobs]
+        return tasks, [indices[n:n + k] for n in range(0, len(indices), k)]
 
 
-# sacct states of a job that is not over (a requeued job passes through several of them)
-NOT_OVER = {"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "COMPLETING", "CONFIGURING",
-            "RESIZING", "SUSPENDED", "PREEMPTED", "SIGNALING", "STAGE_OUT", "UNKNOWN", "READY"}
+def wait_for_queued(task: str, overrides: Sequence[str], sweep_dir: Path, poll_s: float) -> JobReturn:
+    """The outcome of a job whose task an earlier driver submitted: wait while the cluster says the
+    task is not over, then read what the job left in its folder."""
+    poll_s = min(poll_s, 10.0)
+    while True:
+        state = cluster_states([task]).get(task, ("UNKNOWN", ""))[0]
+        if state not in NOT_OVER or state == "UNKNOWN":
+            break
+        time.sleep(poll_s)
+    key = job_key(result_overrides(overrides))
+    names = [j["name"] for j in (read_json(sweep_dir / MANIFEST) or {}).get("jobs", []) if job_key(j["overrides"]) == key]
+    job_dir = sweep_dir / names[0] if names else None
+    if job_dir is not None and is_done(job_dir):
+        return JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED)
+    reason = (read_json(job_dir / STATUS) or {}).get("reason") if job_dir is not None else None
+    return failed_return(overrides, RuntimeError(f"slurm task {task} ended {state} without a result"
+                                                 + (f": {reason}" if reason else "")))
 
 
 def state_word(state) -> str:

@@ -21,11 +21,12 @@ from datetime import datetime
 from pathlib import Path
 
 from srcore.atomic import atomic_write
+from sweeper.background import DRIVER_LOCK
 from sweeper.preflight import PreflightError
 
 log = logging.getLogger(__name__)
 
-LOCK = ".driver.lock"
+LOCK = DRIVER_LOCK
 HEARTBEAT_S = 30.0
 STALE_S = 600.0  # 20 heartbeats missed: the driver is gone (or frozen; it stops claiming the lock)
 

@@ -29,9 +29,11 @@ from omegaconf import OmegaConf
 
 from hydra_plugins.sr_sweeper.launchers import job_error
 from hydra_plugins.sr_sweeper.sweep_lock import SweepLock
+from sweeper.background import relaunch_in_background
 from sweeper.jobstate import MANIFEST, is_done, job_labels, read_json, record_failure, write_json
 from sweeper.naming import result_overrides
 from sweeper.preflight import PreflightError, check_output_folder, job_fingerprint, validate_config
+from sweeper.sweep_progress import SweepProgress
 
 log = logging.getLogger(__name__)
 
@@ -48,13 +50,38 @@ def refuse(message: str) -> None:
 
 
 class ValidatingSweeper(BasicSweeper):
+    def __init__(self, max_batch_size: int | None, params: dict | None = None, dry_run: bool = False) -> None:
+        super().__init__(max_batch_size=max_batch_size, params=params)
+        self.dry_run = bool(dry_run)
+
     def sweep(self, arguments: list[str]) -> Any:
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
+        if self.dry_run:
+            jobs, job_dirs = self.validated_jobs(arguments, sweep_dir)
+            labels = job_labels([result_overrides(o) for o in jobs])
+            done = [is_done(d) for d in job_dirs]
+            print(f"dry run: {len(jobs)} jobs in {sweep_dir} ({sum(done)} done, {len(jobs) - sum(done)} to run); "
+                  "nothing launched")
+            print("\n".join(f"  {'done ' if d else 'to run'}  {label}" for d, label in zip(done, labels)))
+            return []
         try:
             check_output_folder(sweep_dir)
         except PreflightError as e:
             refuse(str(e))
         jobs, job_dirs = self.validated_jobs(arguments, sweep_dir)
+        if getattr(self.launcher, "detach", False) and not hasattr(self.launcher, "preflight"):
+            # a local driver in the background (SLURM's detach is its own: submit and return)
+            try:  # refused here, not in the background, if another driver holds the sweep
+                probe = SweepLock(sweep_dir)
+                probe.acquire()
+                probe.release()
+            except PreflightError as e:
+                refuse(str(e))
+            self.write_manifest(sweep_dir, jobs, job_dirs)
+            pid, log_path = relaunch_in_background(sweep_dir)
+            log.info("sweep: the driver runs in the background (pid %d; log %s). Follow it with `python -m "
+                     "sweeper.status %s`", pid, log_path, sweep_dir)
+            return []
         lock = SweepLock(sweep_dir)
         try:
             if hasattr(self.launcher, "preflight"):  # e.g. SLURM: does a task fit on a node?
@@ -109,9 +136,13 @@ class ValidatingSweeper(BasicSweeper):
         if len(todo) < len(jobs):
             log.info("%d of %d jobs finished earlier; launching the other %d", len(jobs) - len(todo), len(jobs),
                      len(todo))
-        batch_size = self.max_batch_size or len(todo) or 1
+        # the local launcher runs a batch in this process: one job per batch, so each gets its line
+        in_process = type(self.launcher).__name__ == "BasicLauncher"
+        batch_size = 1 if in_process else self.max_batch_size or len(todo) or 1
         labels = job_labels([result_overrides(o) for o in jobs])
         failures, returns = [], []
+        progress = SweepProgress(job_dirs)
+        self.launcher.progress = progress  # launchers that wait for many jobs report as each ends
         for start in range(0, len(todo), batch_size):
             batch = todo[start:start + batch_size]
             results = self.launcher.launch([jobs[i] for i in batch], initial_job_idx=start)
@@ -124,6 +155,15 @@ class ValidatingSweeper(BasicSweeper):
                     reason = failure_reason(ret)
                     record_failure(job_dirs[i], reason)
                     failures.append((labels[i], reason))
+            if in_process:
+                progress.report()
+        if getattr(self.launcher, "detach", False):
+            log.info("sweep: submitted; nothing waits for the jobs here. `python -m sweeper.status %s` shows where "
+                     "they stand; `python -m analysis.tables %s` tables the finished ones", sweep_dir, sweep_dir)
+            return returns
+        if not failures:
+            log.info("sweep: all %d jobs done (this run: %s). Tables: python -m analysis.tables %s", len(jobs),
+                     progress.elapsed(), sweep_dir)
         if failures:
             lines = [f"job [{label}]: {reason.splitlines()[0][:300]}" for label, reason in failures]
             print(f"error: {len(failures)} of {len(jobs)} jobs failed ({len(jobs) - len(failures)} done):\n  "
