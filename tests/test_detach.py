@@ -72,3 +72,22 @@ def test_the_workers_of_a_killed_local_parallel_driver_save_and_stop(tmp_path):
             assert time.monotonic() < deadline, f"worker {pid} outlived its driver"
             time.sleep(0.2)
     # (the rerun resuming them is tests/test_fault_tolerance.py's)
+
+
+def test_local_parallel_runs_k_jobs_per_gpu_with_the_threads_split(tmp_path):
+    """Issue 20: jobs_per_gpu=2 on two (fake) GPUs: four slots, two per GPU, cores / 4 threads."""
+    import json
+
+    from hydra_plugins.sr_sweeper.launchers import LocalParallelLauncher
+    from tests.test_fault_tolerance import results
+
+    launcher = LocalParallelLauncher(gpus=[3, 5], jobs_per_gpu=2, threads_per_job=None)
+    cap, gpus, threads = launcher.plan()
+    assert cap == 4 and gpus == ["3", "5"] and threads >= 1
+    proc = run_sweeper(["-m", *TINY, "dropout.p=0.1,0.2,0.3", "launcher=local_parallel", "hydra.launcher.gpus=[7]",
+                        "hydra.launcher.jobs_per_gpu=2"], tmp_path)
+    assert "at most 2 at once, GPUs 7," in proc.stdout + proc.stderr
+    runs = results(sweep_dir(tmp_path))
+    assert len(runs) == 3 and {r["ran_on"]["cuda_visible_devices"] for r in runs.values()} == {"7"}
+    assert len({r["ran_on"]["pid"] for r in runs.values()}) == 2  # two workers shared GPU 7
+    assert all(json.loads((sweep_dir(tmp_path) / name / "status.json").read_text())["state"] == "done" for name in runs)

@@ -125,7 +125,8 @@ def _worker_main(conn, device: str | None, threads: int | None, log_path: str) -
 
 
 class LocalParallelLauncher(Launcher):
-    """Jobs on this machine, at most ``max_parallel`` at once, each on its own GPU.
+    """Jobs on this machine, at most ``max_parallel`` at once, each on its own GPU (or
+    ``jobs_per_gpu`` of them sharing one: slots go round-robin over the GPUs).
 
     One worker process per slot, pinned to its GPU (``CUDA_VISIBLE_DEVICES``) with its share
     of the CPU threads, runs the slot's jobs one after the other: the imports and wandb's
@@ -133,8 +134,11 @@ class LocalParallelLauncher(Launcher):
     out of memory) fails only its current job and is replaced."""
 
     def __init__(self, max_parallel: int | None = None, gpus: Sequence[Any] | None = None,
-                 threads_per_job: int | None = None, detach: bool = False) -> None:
+                 threads_per_job: int | None = None, detach: bool = False, jobs_per_gpu: int = 1) -> None:
         self.config = self.hydra_context = self.task_function = None
+        if int(jobs_per_gpu) < 1:
+            raise ValueError(f"hydra.launcher.jobs_per_gpu={jobs_per_gpu} is invalid: it must be >= 1")
+        self.jobs_per_gpu = int(jobs_per_gpu)  # small models leave a large GPU mostly idle
         self.detach = bool(detach)  # the sweeper runs this driver in the background (sweeper.background)
         self.gpus = [str(g) for g in gpus] if gpus is not None else None
         self.max_parallel = max_parallel
@@ -161,7 +165,7 @@ class LocalParallelLauncher(Launcher):
         """(cap on concurrent jobs, GPUs to hand out, CPU threads per job)."""
         gpus = self.gpus if self.gpus is not None else visible_gpus()
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
-        cap = self.max_parallel or (len(gpus) if gpus else max(1, cpus // 2))
+        cap = self.max_parallel or (len(gpus) * self.jobs_per_gpu if gpus else max(1, cpus // 2))
         if cap < 1:
             raise ValueError(f"hydra.launcher.max_parallel={self.max_parallel} is invalid: it must be >= 1")
         threads = self.threads_per_job or max(1, cpus // cap)
