@@ -197,11 +197,12 @@ class JobProgress:
         bar = self._bars.get(phase)
         if bar is None:
             desc = "train" if phase == "train" else "eval (images x degradations)"
-            sized = _columns(self.stream) > 0  # a pseudo-terminal may report 0 columns
+            columns, lines = _size(self.stream)  # a pseudo-terminal may report 0 (tqdm then draws nothing)
+            sized = columns > 0 and lines > 0
             bar = self._bars[phase] = tqdm(total=total or None, initial=state["n0"], desc=desc, file=self.stream,
                                            unit="it" if phase == "train" else "img", dynamic_ncols=sized,
-                                           ncols=None if sized else 100, nrows=None if sized else 24,
-                                           leave=True, mininterval=0.2,
+                                           ncols=None if sized else columns or 100,
+                                           nrows=None if sized else lines or 24, leave=True, mininterval=0.2,
                                            smoothing=0.1)
             if phase == "train":
                 bar.set_postfix_str(self._postfix(), refresh=False)
@@ -226,11 +227,13 @@ class JobProgress:
         return "  ".join(parts)
 
 
-def _columns(stream) -> int:
+def _size(stream) -> tuple[int, int]:
+    """(columns, lines) of the terminal behind ``stream``; 0 where unknown."""
     try:
-        return os.get_terminal_size(stream.fileno()).columns
+        size = os.get_terminal_size(stream.fileno())
     except (AttributeError, OSError, ValueError):
-        return 0
+        return 0, 0
+    return size.columns, size.lines
 
 
 def headline(metrics: dict, test_sets: list[str], metric: str = "psnr") -> list[str]:

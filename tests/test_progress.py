@@ -26,12 +26,12 @@ def job_dir(out: Path) -> Path:
     return results.parent
 
 
-def run_on_a_terminal(args: list[str], out: Path, columns: int, timeout: float = 600) -> str:
+def run_on_a_terminal(args: list[str], out: Path, columns: int, lines: int, timeout: float = 600) -> str:
     """``python -m sweeper ARGS`` with stdin, stdout and stderr on a pseudo-terminal of
-    ``columns`` columns (0: one that reports no size, as ``script`` makes); what it printed."""
+    ``columns`` x ``lines`` (0: unknown, as ``script`` makes; ``stty cols`` sets only one); what
+    it printed."""
     master, slave = os.openpty()
-    if columns:
-        fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", lines, columns, 0, 0))
     env = {**os.environ, "SR_OUTPUT_ROOT": str(out), "HYDRA_FULL_ERROR": "0", "TERM": "xterm"}
     proc = subprocess.Popen([sys.executable, "-m", "sweeper", *args], cwd=ROOT, env=env, stdin=slave,
                             stdout=slave, stderr=slave, close_fds=True)
@@ -50,10 +50,10 @@ def run_on_a_terminal(args: list[str], out: Path, columns: int, timeout: float =
     return b"".join(chunks).decode(errors="replace")
 
 
-@pytest.mark.parametrize("columns", [100, 0])
-def test_a_terminal_sees_progress_bars_with_an_eta(tmp_path, columns):
+@pytest.mark.parametrize("columns, lines", [(100, 40), (0, 0), (110, 0)])
+def test_a_terminal_sees_progress_bars_with_an_eta(tmp_path, columns, lines):
     out = run_on_a_terminal([*TINY, "train.iterations=12", "logger.images.val=false", "logger.images.panels=false",
-                             "logger.system_metrics=false", "logger.console=false"], tmp_path, columns)
+                             "logger.system_metrics=false", "logger.console=false"], tmp_path, columns, lines)
     screen = out.replace("\r\n", "\n")
     bars = [segment for line in screen.split("\n") for segment in line.split("\r")]
     train = [b for b in bars if b.startswith("train:")]
