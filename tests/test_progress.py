@@ -53,7 +53,7 @@ def run_on_a_terminal(args: list[str], out: Path, columns: int, lines: int, time
 @pytest.mark.parametrize("columns, lines", [(100, 40), (0, 0), (110, 0)])
 def test_a_terminal_sees_progress_bars_with_an_eta(tmp_path, columns, lines):
     out = run_on_a_terminal([*TINY, "train.iterations=12", "logger.images.val=false", "logger.images.panels=false",
-                             "logger.system_metrics=false", "logger.console=false"], tmp_path, columns, lines)
+                             "logger.system_metrics=false"], tmp_path, columns, lines)
     screen = out.replace("\r\n", "\n")
     bars = [segment for line in screen.split("\n") for segment in line.split("\r")]
     train = [b for b in bars if b.startswith("train:")]
@@ -70,6 +70,9 @@ def test_a_terminal_sees_progress_bars_with_an_eta(tmp_path, columns, lines):
     log = (jd / "app.log").read_text()
     assert "iter 4/12" in log and "results:" in log
     assert not CONTROL.search(log), [line for line in log.splitlines() if CONTROL.search(line)]
+    (run_file,) = jd.glob("wandb/offline-run-*/run-*.wandb")
+    console = console_log(run_file)  # wandb's output.log: the bars as they ended, redraws applied
+    assert "12/12" in console and not CONTROL.search(console)
 
 
 def test_without_a_terminal_plain_lines_and_a_clean_log_file(tmp_path):
