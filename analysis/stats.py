@@ -294,18 +294,40 @@ def _arrays(frame: pd.DataFrame, by: list[str]) -> dict:
             for key, g in frame.groupby(by, sort=False)}
 
 
-def ablation_stats(runs: pd.DataFrame, per_image: pd.DataFrame | None = None, metric: str = "psnr") -> pd.DataFrame:
+def chosen_baseline(runs: pd.DataFrame, baseline: str) -> pd.Series:
+    """The runs of ``baseline`` ("key=value", a swept key), e.g. ``degradation=bicubic``: each
+    setting is then compared with the run of that value whose other swept keys are alike."""
+    key, _, value = baseline.partition("=")
+    column = f"swept.{key.strip()}"
+    if not value or column not in runs:
+        swept = sorted(c.removeprefix("swept.") for c in runs.columns if c.startswith("swept.") and c != SEED_KEY)
+        raise ValueError(f"baseline '{baseline}' must be key=value with a swept key: one of {', '.join(swept)}")
+    chosen = runs[column].astype(str).eq(value.strip())
+    if not chosen.any():
+        values = sorted(runs[column].astype(str).unique())
+        raise ValueError(f"baseline '{baseline}': no run has {key.strip()}={value.strip()} (swept: {', '.join(values)})")
+    return chosen
+
+
+def ablation_stats(runs: pd.DataFrame, per_image: pd.DataFrame | None = None, metric: str = "psnr",
+                   baseline: str | None = None) -> pd.DataFrame:
     """One row per (setting, test set, test degradation): n, mean, std (over seeds), delta vs
     the baseline, the comparison columns (module doc), best-in-column, and the status of the
-    setting's runs.
+    setting's runs. ``baseline`` ("key=value") compares along that swept key instead of against
+    no regulariser (``chosen_baseline``).
 
     ``per_image`` (run_id, set, image, degradation, <metric>) feeds the interval, the test,
     P(improve) and the variance split; without it they are left empty. With several test sets,
     the set ``average`` holds the mean over sets (and its comparison pools every set's images).
     """
     keys = setting_keys(runs)
-    context = [k for k in keys if not is_regularizer_key(k)]
-    runs = runs.assign(_seed=_seed_of(runs), _base=is_baseline(runs), _sid=_ids(runs, keys), _cid=_ids(runs, context))
+    if baseline:
+        base = chosen_baseline(runs, baseline)
+        context = [k for k in keys if k != f"swept.{baseline.partition('=')[0].strip()}"]
+    else:
+        base = is_baseline(runs)
+        context = [k for k in keys if not is_regularizer_key(k)]
+    runs = runs.assign(_seed=_seed_of(runs), _base=base, _sid=_ids(runs, keys), _cid=_ids(runs, context))
     finished = runs[runs["state"] == "finished"]
     ident = ["run_id", "_seed", "_base", "_sid", "_cid"]
     long, several_sets = _run_scores(finished, ident, metric)

@@ -67,14 +67,15 @@ def _marks(row) -> str:
     return (SIGNIFICANT if significant else "") + (SEED_DECIDES if seed_decides else "")
 
 
-def legend(stats: pd.DataFrame, metric: str) -> str:
+def legend(stats: pd.DataFrame, metric: str, baseline: str | None = None) -> str:
     """The lines under a table: what a cell holds and what its marks mean."""
     tests = int(stats["p"].notna().sum())
     significance = (f"{SIGNIFICANT}: Holm-adjusted p < {SIGNIFICANCE:g} over the table's {tests} comparisons, "
                     "Wilcoxon signed-rank on the (seed, image) differences pooled: about these trained models, "
                     "while the interval also counts seed-to-seed variation. " if tests else
                     "No per-image results: no interval and no test. ")
-    return (f"Cells: {metric} mean ± std over seeds (Δ vs the baseline: no regulariser, other settings alike "
+    against = f"the runs with {baseline}" if baseline else "the baseline: no regulariser"
+    return (f"Cells: {metric} mean ± std over seeds (Δ vs {against}, other settings alike "
             f"[{LEVEL:.0%} interval, seeds and images random]); best mean per column in bold. {significance}"
             f"{SEED_DECIDES}: one seed decides the sign of Δ (a single seed, or leaving one out flips it). "
             f"Every number: {metric}_stats.csv; methods: docs/statistics.md.")
@@ -150,13 +151,13 @@ def to_latex(table: pd.DataFrame, caption: str) -> str:
 
 
 def write_tables(runs: pd.DataFrame, out_dir: Path, title: str, metric: str = "psnr",
-                 per_image: pd.DataFrame | None = None) -> str:
+                 per_image: pd.DataFrame | None = None, baseline: str | None = None) -> str:
     """<metric>.md / .tex: mean ± std over seeds, (Δ vs the baseline [95% interval]) with the
     marks of ``legend``, best per column in bold; <metric>.csv: the means; <metric>_stats.csv:
     every number."""
-    stats = ablation_stats(runs, per_image_frame(runs) if per_image is None else per_image, metric)
+    stats = ablation_stats(runs, per_image_frame(runs) if per_image is None else per_image, metric, baseline)
     out_dir.mkdir(parents=True, exist_ok=True)
-    notes = legend(stats, metric) + budget_note(runs)
+    notes = legend(stats, metric, baseline) + budget_note(runs)
     md = to_markdown(formatted_table(stats), title) + f"\n{notes}\n"
     (out_dir / f"{metric}.md").write_text(md)
     caption = f"{title}: {metric}. {notes}"
@@ -207,7 +208,7 @@ def status_table(runs: pd.DataFrame, title: str, metric: str) -> str:
             f"the runs and their states:\n\n{rows.to_markdown(index=False)}\n")
 
 
-def sweep_tables(sweep_dir: Path, runs: pd.DataFrame, metric: str) -> None:
+def sweep_tables(sweep_dir: Path, runs: pd.DataFrame, metric: str, baseline: str | None = None) -> None:
     """Write and print one sweep's tables (or its runs' states when none has scores)."""
     name = runs["sweep"].mode().iloc[0]
     out = Path(sweep_dir) / "tables"
@@ -216,7 +217,7 @@ def sweep_tables(sweep_dir: Path, runs: pd.DataFrame, metric: str) -> None:
         (out / "status.md").write_text(status_table(runs, name, metric))
         print(status_table(runs, name, metric))
     else:
-        print(write_tables(runs, out, name, metric))
+        print(write_tables(runs, out, name, metric, baseline=baseline))
     seal = write_seal_table(runs, out, name)  # eval=seal: the sweep beside SEAL's published models
     if seal:
         print(seal)
@@ -259,6 +260,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--group", help="with --wandb: only this sweep (wandb group)")
     ap.add_argument("--tag", action="append", help="with --wandb: only runs with one of these tags")
     ap.add_argument("--out", type=Path, default=Path("outputs/tables"), help="with --wandb: where tables go")
+    ap.add_argument("--baseline", metavar="KEY=VALUE", help="compare along a swept key instead of against no "
+                    "regulariser, e.g. --baseline degradation=bicubic")
     args = ap.parse_args(argv)
     if args.wandb:
         from analysis.wandb_api import api_runs_frame, per_image_frame_api
@@ -269,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
         images = per_image_frame_api(runs)
         return _each_sweep(runs.groupby("sweep", sort=True, dropna=False), lambda sweep, sweep_runs: print(
             write_tables(sweep_runs, args.out / str(sweep), str(sweep), args.metric,
-                         images[images["run_id"].isin(sweep_runs["run_id"])])))
+                         images[images["run_id"].isin(sweep_runs["run_id"])], args.baseline)))
     root = Path(args.root)
     if not root.exists():
         print(f"error: {root} does not exist (run a sweep first: python -m sweeper -m ...)", file=sys.stderr)
@@ -279,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: no wandb runs under {root}", file=sys.stderr)
         return 2
     return _each_sweep(runs.groupby("sweep_dir", sort=True),
-                       lambda sweep_dir, sweep_runs: sweep_tables(sweep_dir, sweep_runs, args.metric))
+                       lambda sweep_dir, sweep_runs: sweep_tables(sweep_dir, sweep_runs, args.metric, args.baseline))
 
 
 if __name__ == "__main__":

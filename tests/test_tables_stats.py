@@ -256,3 +256,32 @@ def test_a_sweep_over_the_training_degradation_keeps_its_rows(tmp_path):
     lines = [ln for ln in md.splitlines() if ln.startswith("| realesrgan") or ln.startswith("| bicubic")]
     assert len(lines) == 4 and "20.20" in lines[0]
     assert (tmp_path / "tables" / "figures" / "bars.png").exists()
+
+
+def test_a_chosen_baseline_compares_along_its_key_with_the_other_settings_alike():
+    """`analysis.tables --baseline degradation=bicubic`: Δ of each setting against the run of that
+    value with the same other swept keys (here dropout), not against no regulariser."""
+    import pandas as pd
+    import pytest
+
+    from analysis.stats import ablation_stats
+
+    rows = []
+    for deg, base in (("bicubic", 27.0), ("realesrgan", 25.0)):
+        for pos, bump in (("none", 0.0), ("last", 0.3)):
+            for seed in (0, 1):
+                rows.append({"run_id": f"{deg}{pos}{seed}", "state": "finished", "swept.degradation": deg,
+                             "swept.dropout.position": pos, "swept.seed": str(seed),
+                             "test/builtin/clean/psnr": base + bump + 0.01 * seed})
+    runs = pd.DataFrame(rows)
+    stats = ablation_stats(runs, None, "psnr", baseline="degradation=bicubic").set_index(
+        ["degradation", "dropout.position"])
+    assert stats.loc[("realesrgan", "last"), "delta"] == pytest.approx(-2.0)
+    assert stats.loc[("realesrgan", "none"), "delta"] == pytest.approx(-2.0)
+    assert stats.loc[("bicubic", "last"), "baseline"] and pd.isna(stats.loc[("bicubic", "last")].get("delta"))
+    default = ablation_stats(runs, None, "psnr").set_index(["degradation", "dropout.position"])
+    assert default.loc[("realesrgan", "last"), "delta"] == pytest.approx(0.3)
+    with pytest.raises(ValueError, match="no run has degradation=div2k"):
+        ablation_stats(runs, None, "psnr", baseline="degradation=div2k")
+    with pytest.raises(ValueError, match="must be key=value with a swept key"):
+        ablation_stats(runs, None, "psnr", baseline="scale=4")
