@@ -93,10 +93,11 @@ def _train_and_evaluate(cfg: DictConfig, job_dir: Path, job_name: str, tags: lis
     run = JobRun(cfg, job_dir, job_name, tags, service_start)
     _record_trial(cfg, job_dir, run)
     progress = JobProgress(cfg.logger.get("progress", "auto"), cfg.logger.get("progress_every_s", 30),
-                           cfg.train.iterations, val_key=f"val/{cfg.data.val_set}/clean/psnr").start()
-    validate, val_images = _validation_images(cfg, _validator(cfg, test_sets), test_sets)
+                           cfg.train.iterations, val_key=f"val/{cfg.data.val_set}/clean/psnr")
     exit_code = 1
     try:
+        progress.start()
+        validate, val_images = _validation_images(cfg, _validator(cfg, test_sets), test_sets)
         t0 = time.perf_counter()
         try:
             final = train(model, patches, degrade, settings, job_dir / CHECKPOINT,
