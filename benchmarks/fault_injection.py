@@ -34,18 +34,18 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 HOOKS = ROOT / "benchmarks" / "fault_hooks"
 sys.path.insert(0, str(ROOT))
 
-# One small job: 16 iterations, a checkpoint every 4 and a validation every 8, 2 test images x 8
+# One small job: 16 iterations, a checkpoint every 4 and a validation every 8, 1 test image x 8
 # degradations. Every case runs this command (plus a fault), so one reference run serves them all.
 COMMAND = ["-m", "preset=smoke", "train.iterations=16", "train.log_every=4", "train.val_every=8",
-           "train.ckpt_every=4", "backbone.num_feat=8", "backbone.num_block=2", "eval.max_images=2",
+           "train.ckpt_every=4", "backbone.num_feat=8", "backbone.num_block=2", "eval.max_images=1",
            "data.val_max_images=1", "train.threads=1"]
 TIMEOUT_S = 300
 
@@ -104,15 +104,19 @@ def sweep(args: list[str], out_root: Path, **fault) -> Run:
     return finish(*start(args, out_root, **fault))
 
 
-def faulted(args: list[str], out_root: Path, point: str, at: int = 1, sig: str = "KILL") -> Run:
-    """Run with a fault at ``point``; raise Lost unless it struck there."""
+def faulted(args: list[str], out_root: Path, point: str, at: int = 1, sig: str = "KILL", worker: bool = False) -> Run:
+    """Run with a fault at ``point``; raise Lost unless it struck there. ``worker``: the job runs
+    in a worker process (launcher=local_parallel), whose death the driver survives and reports."""
     run = sweep(args, out_root, fault=point, at=at, sig=sig)
     missing = [e["where"] for e in run.events if e["event"] == "missing"]
     if missing:
         raise Lost(f"patch point not found: {', '.join(missing)} (the harness must follow the code)")
     if not run.fired:
         raise Lost(f"fault point {point} (call {at}) was never reached; exit code {run.code}:\n{run.out[-1500:]}")
-    if sig == "KILL" and run.code != -signal.SIGKILL:
+    if worker:
+        if run.code != 1 or f"job process died (exit code -{int(signal.SIGKILL)})" not in run.out:
+            raise Lost(f"the driver did not report its killed worker (exit code {run.code}):\n{run.out[-1500:]}")
+    elif sig == "KILL" and run.code != -signal.SIGKILL:
         raise Lost(f"the process was not killed at {point} (exit code {run.code}):\n{run.out[-1500:]}")
     return run
 
@@ -176,7 +180,7 @@ def status_line(sweep_dir: Path) -> tuple[int, str]:
     return code, jobs[0] if len(jobs) == 1 else buf.getvalue()
 
 
-def check_complete(out_root: Path, ref: "Reference") -> str:
+def check_complete(out_root: Path, ref: Reference) -> str:
     """The job of ``out_root`` ended as the reference did; raise Lost with every difference."""
     from sweeper.jobstate import read_json, read_results
 
@@ -209,7 +213,7 @@ def check_complete(out_root: Path, ref: "Reference") -> str:
     return f"rerun = reference (attempt {results['attempt']})"
 
 
-def rerun_and_check(out_root: Path, ref: "Reference", args: list[str] = COMMAND) -> tuple[Run, str]:
+def rerun_and_check(out_root: Path, ref: Reference, args: list[str] = COMMAND) -> tuple[Run, str]:
     run = sweep(args, out_root)
     if run.code != 0:
         raise Lost(f"the rerun failed (exit code {run.code}):\n{run.out[-1500:]}")
@@ -255,7 +259,7 @@ KILL_POINTS = [
     ("validation", 1, "validation at iteration 8, before the checkpoint"),
     ("train-mid", 1, "mid training: iteration 11, between checkpoints"),
     ("weights-write", 1, "model.pt write: tmp file written, before os.replace"),
-    ("evaluation", 6, "evaluation, between test images 5 and 6 of 16"),
+    ("evaluation", 6, "evaluation, between test images 5 and 6 of 8"),
     ("results-write", 1, "results.json write: tmp file written, before os.replace"),
     ("wandb-finish-start", 1, "results written, wandb finish entered"),
     ("wandb-exit-sent", 1, "during wandb finish: exit record sent, not yet acknowledged"),
@@ -263,14 +267,24 @@ KILL_POINTS = [
 ]
 
 
-def kill_case(point: str, at: int):
+def saved_iteration(checkpoint: Path) -> str:
+    import torch
+
+    if not checkpoint.exists():
+        return "none"
+    return f"iteration {torch.load(checkpoint, weights_only=True)['iteration']}"
+
+
+def kill_case(point: str, at: int, launcher: list[str] = ()):
     def case(work: Path, ref: Reference) -> str:
-        out = work / "run"
-        faulted(COMMAND, out, point, at)
+        out, command = work / "run", [*COMMAND, *launcher]
+        faulted(command, out, point, at, worker=bool(launcher))
         jobs = list(out.glob("sweeps/*/*/.hydra"))
         junk = leftovers(jobs[0].parent) if jobs else []
-        _, verdict = rerun_and_check(out, ref)
-        return verdict + (f"; cleaned {', '.join(junk)}" if junk else "")
+        left = f"checkpoint.pt at the kill: {saved_iteration(jobs[0].parent / 'checkpoint.pt')}" if jobs else \
+            "killed before the job folder existed"
+        _, verdict = rerun_and_check(out, ref, command)
+        return f"{left}; {verdict}" + (f"; cleaned {', '.join(junk)}" if junk else "")
     return case
 
 
@@ -321,7 +335,7 @@ def case_c(work: Path, ref: Reference) -> str:
     if bad.code != 1:
         raise Lost(f"the NaN sweep should fail (exit 1), got {bad.code}")
     bad_dir = next(p for p in (out / "sweeps").iterdir() if p != good)
-    proc = subprocess.run([sys.executable, "-m", "analysis.tables", str(out / "sweeps")], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "analysis.tables", str(out / "sweeps")], check=False, cwd=ROOT,
                           capture_output=True, text=True, timeout=TIMEOUT_S)
     if proc.returncode != 0 or not (good / "tables" / "psnr.md").exists():
         raise Lost(f"analysis.tables: exit {proc.returncode}, good sweep's table "
@@ -338,7 +352,7 @@ def results_damaged(damage: Callable[[bytes], bytes], what: str):
         out = work / "run"
         job = copy_of_reference(ref, out)
         (job / "results.json").write_bytes(damage((job / "results.json").read_bytes()))
-        code, line = status_line(job.parent)
+        _, line = status_line(job.parent)
         if line.startswith("done"):
             raise Lost(f"sweeper.status says done with {what} results.json")
         run, verdict = rerun_and_check(out, ref)
@@ -396,7 +410,7 @@ def case_h(work: Path, ref: Reference) -> str:
     job = copy_of_reference(ref, out)
     (run_file,) = job.glob("wandb/offline-run-*/run-*.wandb")
     run_file.write_bytes(b":W&B\xe1\xbe\x00" + b"\xff" * 200)
-    proc = subprocess.run([sys.executable, "-m", "analysis.tables", str(job.parent)], cwd=ROOT,
+    proc = subprocess.run([sys.executable, "-m", "analysis.tables", str(job.parent)], check=False, cwd=ROOT,
                           capture_output=True, text=True, timeout=TIMEOUT_S)
     tables = "".join(p.read_text() for p in (job.parent / "tables").glob("*.md"))
     rows = [line for line in tables.splitlines() if "corrupt" in line and line.startswith("|")]
@@ -441,7 +455,7 @@ def case_j(work: Path, ref: Reference) -> str:
 
 def slurm_answers() -> bool:
     try:
-        return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=10).returncode == 0
+        return subprocess.run(["sinfo", "-h"], check=False, capture_output=True, timeout=10).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
 
@@ -481,7 +495,10 @@ CASES = [
     Case("I:leftover-tmp-files", "I  partial writes of two killed attempts (checkpoint.pt, then model.pt)", case_i),
     Case("J:same-sweep-twice", "J  the same sweep started twice at once", case_j),
     Case("K:slurm-request-too-big", "K  launcher=slurm asking more than any node has", case_k),
-    *[Case(f"kill:{point}", f"kill -9 at {what}", kill_case(point, at)) for point, at, what in KILL_POINTS],
+    *[Case(f"kill:{point}", f"kill -9, {what}", kill_case(point, at)) for point, at, what in KILL_POINTS],
+    # the same harness in a worker process (spawned) of launcher=local_parallel; the driver lives on
+    Case("kill:train-mid@local_parallel", "kill -9 of a local_parallel worker, mid training (iteration 11)",
+         kill_case("train-mid", 1, ["launcher=local_parallel", "hydra.launcher.max_parallel=1"])),
 ]
 
 
