@@ -99,6 +99,7 @@ def _train_and_evaluate(cfg: DictConfig, job_dir: Path, job_name: str, tags: lis
         progress.start()
         validate, val_images = _validation_images(cfg, _validator(cfg, test_sets), test_sets)
         t0 = time.perf_counter()
+        progress.begin("train")
         try:
             final = train(model, patches, degrade, settings, job_dir / CHECKPOINT,
                           log_metrics=_metrics_logger(cfg, run, status, progress, val_images), validate=validate,
@@ -115,6 +116,7 @@ def _train_and_evaluate(cfg: DictConfig, job_dir: Path, job_name: str, tags: lis
         status.write(iteration=cfg.train.iterations, phase="evaluating")
         t0 = time.perf_counter()
         net = final if cfg.eval.use_ema else model
+        progress.begin("eval")
         rows, means, seal = _evaluate(cfg, net, test_sets, job_dir, settings.device, stop, progress.on_eval)
         eval_seconds = time.perf_counter() - t0
         progress.close()

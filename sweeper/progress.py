@@ -91,7 +91,8 @@ class JobProgress:
         self.loss = self.val = None
         self._bars: dict[str, object] = {}
         self._swapped: list[tuple[logging.Logger, list[logging.Handler]]] = []
-        self._phase: dict[str, dict] = {}  # phase -> {t0, n0, last_line}
+        self._phase: dict[str, dict] = {}  # phase -> {t0, n0, t1, n1, last}
+        self._begun: dict[str, float] = {}  # phase -> when it began (``begin``), until its first report
 
     # -- console handlers ---------------------------------------------------------------------
     def __enter__(self) -> JobProgress:
@@ -128,6 +129,11 @@ class JobProgress:
         for logger, handlers in self._swapped:
             logger.handlers = handlers
         self._swapped.clear()
+
+    def begin(self, phase: str) -> None:
+        """Mark the start of ``train`` or ``eval``: the plain lines' rate and time count from here
+        (else from the phase's first report, which leaves its first step out)."""
+        self._begun[phase] = time.perf_counter()
 
     # -- training -----------------------------------------------------------------------------
     def on_iteration(self, iteration: int) -> None:
@@ -182,14 +188,19 @@ class JobProgress:
         now = time.perf_counter()
         state = self._phase.get(phase)
         if state is None:  # the first report: a resumed job starts at n - 1
-            state = self._phase[phase] = {"t0": now, "n0": max(n - 1, 0), "last": now}
+            t0 = self._begun.pop(phase, now)
+            # rate and ETA from the first report on (start-up left out), "took" from the beginning
+            state = self._phase[phase] = {"t0": t0, "n0": max(n - 1, 0), "t1": now, "n1": n, "last": now}
         if self.mode == "bar":
             self._bar_to(phase, n, total, state)
         else:
             last = total and n >= total
             if last or now - state["last"] >= self.every_s:
                 state["last"] = now
-                log.info("%s", self._line(phase, n, total, now - state["t0"], n - state["n0"]))
+                steady = n > state["n1"] and now > state["t1"] and not last  # the last line: overall
+                rate = ((n - state["n1"]) / (now - state["t1"]) if steady else
+                        (n - state["n0"]) / (now - state["t0"]) if now > state["t0"] else float("nan"))
+                log.info("%s", self._line(phase, n, total, now - state["t0"], rate))
 
     def _bar_to(self, phase: str, n: int, total: int, state: dict) -> None:
         from tqdm import tqdm
@@ -210,8 +221,7 @@ class JobProgress:
         if total and n >= total:
             self.close_bar(phase)
 
-    def _line(self, phase: str, n: int, total: int, elapsed: float, advanced: int) -> str:
-        rate = advanced / elapsed if elapsed > 0 else float("nan")
+    def _line(self, phase: str, n: int, total: int, elapsed: float, rate: float) -> str:
         head = f"{phase} {n}/{total}" if total else f"{phase} {n}"
         parts = [head + (f" ({100 * n / total:.0f}%)" if total else "")]
         if phase == "train":
