@@ -386,6 +386,9 @@ def train(
                                 should_stop, window)
     finally:
         taps.close()
+    if cfg.channels_last:  # what the job saves and evaluates: the usual layout, whatever trained it
+        model.to(memory_format=torch.contiguous_format)
+        state.ema.to(memory_format=torch.contiguous_format)
     return state.ema if cfg.ema_decay > 0 else model
 
 
