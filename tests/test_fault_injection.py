@@ -53,3 +53,17 @@ def test_a_patch_point_that_is_gone_is_reported_not_passed(tmp_path):
 
     with pytest.raises(faults.Lost, match="patch point not found: no fault point named 'no-such-point'"):
         faults.faulted(["train.lr=-1"], tmp_path / "out", "no-such-point")
+
+
+def test_a_job_whose_wandb_run_did_not_finish_is_not_done(tmp_path):
+    """B under a sweep: results.json complete but the wandb run unfinished (killed in between) is
+    a job to launch again (run_job then only completes the run); the results still read as done."""
+    from sweeper.jobstate import JobStatus, is_done, job_state, write_json
+
+    JobStatus(tmp_path, "job", 16)  # a new attempt: its wandb run is not finished
+    write_json(tmp_path / "results.json", {"metrics": {"test/x/clean/psnr": 1.0}})
+    assert not is_done(tmp_path) and job_state(tmp_path)[0] == "done"
+    JobStatus(tmp_path, "job", 16).write(wandb_finished=True)
+    assert is_done(tmp_path)
+    write_json(tmp_path / "status.json", {"state": "done"})  # written before the field existed
+    assert is_done(tmp_path)
