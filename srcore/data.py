@@ -128,9 +128,24 @@ class TrainPatches(Dataset):
     def __init__(self, images: list[tuple[str, np.ndarray]], patch: int, seed: int, hflip: bool = True):
         if not images:
             raise ValueError("the training set holds no images")
-        self.images = [torch.from_numpy(np.array(pad_to(im, patch), dtype=np.uint8)).permute(2, 0, 1)
+        # No copy of an image that is already uint8 and large enough: one host copy of the set.
+        self.images = [torch.from_numpy(np.require(pad_to(im, patch), np.uint8, ["C", "W"])).permute(2, 0, 1)
                        for _, im in images]
         self.patch, self.seed, self.hflip = patch, seed, hflip
+
+    def nbytes(self) -> int:
+        return sum(im.numel() for im in self.images)
+
+    def to(self, device: torch.device | str) -> "TrainPatches":
+        """Move the images (uint8) to ``device``: crops are then cut there, from the same
+        counter-based positions (resume stays exact), and only crop indices cross the bus. The
+        host copies are released."""
+        self.images = [im.to(device) for im in self.images]
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.images[0].device
 
     def __len__(self) -> int:
         return 2**62  # keys are unbounded; the sampler decides which ones are drawn

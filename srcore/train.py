@@ -316,9 +316,28 @@ def _seed(seed: int, device: torch.device) -> torch.Generator:
     return gen
 
 
+# Training images move to the GPU (uint8) when they take at most this share of its free memory.
+RESIDENT_SHARE = 0.25
+
+
+def _place_images(patches: TrainPatches, cfg: TrainSettings, device: torch.device) -> None:
+    """On a GPU, with no loader workers (they cannot share CUDA tensors), keep the training images
+    on the device when they fit: the crops are cut there, nothing is copied per batch."""
+    if device.type != "cuda" or cfg.num_workers or not hasattr(patches, "to") or patches.device == device:
+        return
+    free, _ = torch.cuda.mem_get_info(device)
+    if patches.nbytes() <= RESIDENT_SHARE * free:
+        patches.to(device)
+        log.info("training images resident on %s (%.2f GB uint8)", device, patches.nbytes() / 1e9)
+    else:
+        log.info("training images stay on the host (%.2f GB > %.0f%% of the %.2f GB free on %s); batches are "
+                 "copied from pinned memory", patches.nbytes() / 1e9, 100 * RESIDENT_SHARE, free / 1e9, device)
+
+
 def _loader(patches: TrainPatches, cfg: TrainSettings, start: int, device: torch.device) -> DataLoader:
+    on_host = getattr(patches, "device", torch.device("cpu")).type == "cpu"
     return DataLoader(patches, batch_size=cfg.batch_size, sampler=KeyRange(start, cfg.iterations, cfg.batch_size),
-                      num_workers=cfg.num_workers, pin_memory=device.type == "cuda", drop_last=True,
+                      num_workers=cfg.num_workers, pin_memory=device.type == "cuda" and on_host, drop_last=True,
                       persistent_workers=False,
                       # its own generator: creating the iterator must not consume the global RNG
                       # that drives dropout (a resumed run would be shifted by one draw)
@@ -351,6 +370,7 @@ def train(
     regularizers = tuple(getattr(model, "regularizers", ()))
     views = max((r.views for r in regularizers), default=1)
     taps = SiteOutputs(model, sorted({s for r in regularizers for s in r.tapped_sites}))
+    _place_images(patches, cfg, device)
     loader = _loader(patches, cfg, start, device)
     forward = torch.compile(model) if cfg.compile else model
     autocast = dict(device_type=device.type, dtype=PRECISIONS[cfg.precision] or torch.float32,

@@ -254,3 +254,30 @@ def test_gpu_check_runs_end_to_end_on_cpu_at_tiny_sizes(tmp_path):
     assert sum(r[0] == "| full iteration" for r in rows) == 2
     assert rows[-1][0] == "| real job" and "s wall (train" in rows[-1][-1]
     assert all(r[5] != "-" for r in rows), proc.stdout  # every configuration ran
+
+
+# ------------------------------------------------------------------ training images on the device
+def test_patches_moved_to_a_device_cut_the_same_crops_from_one_copy():
+    images = builtin_images("train")[:3]
+    host = TrainPatches(images, patch=48, seed=3)
+    assert host.images[0].data_ptr() == torch.from_numpy(images[0][1]).data_ptr()  # no copy of a uint8 image
+    moved = TrainPatches(images, patch=48, seed=3).to("cpu")  # the GPU path, on the CPU
+    assert moved.device == torch.device("cpu") and moved.nbytes() == sum(im.size for _, im in images)
+    for key in (0, 1, 17, 10**9):
+        assert torch.equal(host[key], moved[key])
+
+
+def test_a_cuda_job_keeps_its_images_on_the_gpu_when_they_fit(monkeypatch):
+    import srcore.train as T
+
+    patches = TrainPatches(builtin_images("train")[:2], patch=32, seed=0)
+    moved = []
+    monkeypatch.setattr(TrainPatches, "to", lambda self, device: moved.append(device) or self)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (4 * patches.nbytes(), 8 * patches.nbytes()))
+    cuda = torch.device("cuda")
+    T._place_images(patches, settings(device="cuda"), cuda)
+    assert moved == [cuda]
+    T._place_images(patches, settings(device="cuda", num_workers=2), cuda)  # workers cannot share CUDA tensors
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (3 * patches.nbytes(), 8 * patches.nbytes()))
+    T._place_images(patches, settings(device="cuda"), cuda)  # over a quarter of the free memory
+    assert moved == [cuda]
