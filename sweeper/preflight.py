@@ -60,6 +60,9 @@ def _validate(cfg: DictConfig) -> None:
         raise PreflightError(f"eval.degradations has unknown entries {unknown}; allowed: {', '.join(TEST_DEGRADATIONS)}")
     if cfg.logger.mode not in LOGGER_MODES:
         raise PreflightError(f"logger.mode={cfg.logger.mode!r} is unknown; allowed: {', '.join(LOGGER_MODES)}")
+    from sweeper.progress import MODES as PROGRESS_MODES
+    if cfg.logger.get("progress", "auto") not in PROGRESS_MODES:
+        raise PreflightError(f"logger.progress={cfg.logger.progress!r} is unknown; allowed: {', '.join(PROGRESS_MODES)}")
 
 
 def job_fingerprint(cfg: DictConfig) -> str:

@@ -44,6 +44,7 @@ def test_paper_defaults():
     ("+data.test_sets.Set5=/nonexistent/Set5", r"data.test_sets.Set5.*/nonexistent/Set5"),
     ("eval.degradations=[clean,fog]", r"fog.*clean, blur, noise, jpeg"),
     ("logger.mode=cloud", r"cloud.*offline, online, disabled"),
+    ("logger.progress=fancy", r"logger.progress=.fancy. is unknown; allowed: auto, bar, plain, off"),
     ("train.device=tpu", r"tpu.*auto, cpu, cuda"),
     ("train.iterations=0", r"train.iterations=0"),
     ("degradation.gt_size=64", r"degradation.gt_size=64.*>= the HR patch"),
