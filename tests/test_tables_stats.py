@@ -285,3 +285,21 @@ def test_a_chosen_baseline_compares_along_its_key_with_the_other_settings_alike(
         ablation_stats(runs, None, "psnr", baseline="degradation=div2k")
     with pytest.raises(ValueError, match="must be key=value with a swept key"):
         ablation_stats(runs, None, "psnr", baseline="scale=4")
+
+
+def test_the_summary_sentence_says_only_what_the_intervals_say():
+    import pandas as pd
+
+    from analysis.summary import sentences
+
+    def row(deg, delta, lo, hi, base=False):
+        return {"degradation": "bicubic" if base else "realesrgan", "test_set": "builtin", "test_degradation": deg,
+                "n": 4, "mean": 25.0, "baseline": base, "status": "finished", "delta": None if base else delta,
+                "ci_low": lo, "ci_high": hi, "n_seeds": 4, "n_images": 4}
+    stats = pd.DataFrame([row("clean", None, None, None, base=True), row("clean", -1.2, -1.6, -0.8),
+                          row("noise", 0.6, 0.2, 1.0), row("jpeg", -0.1, -0.5, 0.3)])
+    (text,) = sentences(stats, "degradation=bicubic", iterations=400)
+    assert text.startswith("In PSNR against degradation=bicubic, degradation=realesrgan is better on noise "
+                           "(+0.60 dB [+0.20, +1.00]) and worse on clean (-1.20 dB [-1.60, -0.80])")
+    assert "(1 other columns undecided" in text and "4 builtin images with 4 seeds of 400 iterations" in text
+    assert "jpeg" not in text
