@@ -189,8 +189,9 @@ def repair_wandb_run(cfg: DictConfig, job_dir: Path, job_name: str, tags: list[s
     means = {k.removeprefix("test/"): v for k, v in results["metrics"].items()}
     summary = {**results["metrics"], **{k: results[k] for k in ("train_seconds", "eval_seconds") if k in results}}
     run.log_results(results["per_image"], means, summary, results.get("seal"))
-    if run.finish(0):
-        write_json(job_dir / STATUS, {**(read_json(job_dir / STATUS) or {}), "wandb_finished": True})
+    if run.finish(0):  # the killed attempt's status.json still says running
+        write_json(job_dir / STATUS, {**(read_json(job_dir / STATUS) or {}), "state": "done", "phase": None,
+                                      "wandb_finished": True})
 
 
 def _validator(cfg: DictConfig, test_sets: dict):

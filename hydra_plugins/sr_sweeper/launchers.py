@@ -27,7 +27,7 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra.plugins.launcher import Launcher
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 from hydra_plugins.sr_sweeper.slurm_queue import QueueWatch
-from sweeper.jobstate import MANIFEST, STATUS, is_done, read_json
+from sweeper.jobstate import MANIFEST, STATUS, read_json, read_results
 from sweeper.naming import result_overrides
 from sweeper.preflight import check_slurm_request, slurm_request
 from sweeper.status import NOT_OVER, cluster_states, job_key, live_tasks, record_slurm_tasks
@@ -356,7 +356,8 @@ def wait_for_queued(task: str, overrides: Sequence[str], sweep_dir: Path, poll_s
     key = job_key(result_overrides(overrides))
     names = [j["name"] for j in (read_json(sweep_dir / MANIFEST) or {}).get("jobs", []) if job_key(j["overrides"]) == key]
     job_dir = sweep_dir / names[0] if names else None
-    if job_dir is not None and is_done(job_dir):
+    # complete results are a finished job even if its wandb run is not (the next run completes that)
+    if job_dir is not None and read_results(job_dir) is not None:
         return JobReturn(overrides=list(overrides), status=JobStatus.COMPLETED)
     reason = (read_json(job_dir / STATUS) or {}).get("reason") if job_dir is not None else None
     return failed_return(overrides, RuntimeError(f"slurm task {task} ended {state} without a result"
