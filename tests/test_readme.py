@@ -134,7 +134,7 @@ def test_first_screen_gets_a_newcomer_to_a_table():
     first = "\n".join(README.read_text().splitlines()[:60])
     for needed in ("make demo", "make test", "make tables", "python -m sweeper -m", "sr-sweep",
                    "python -m sweeper.status", "results.json", "model.pt", "status.json", "wandb/",
-                   "tables/", "wandb sync", "<!-- demo-table -->", "docs/"):
+                   "tables/", "wandb sync", "| trained on |", "docs/"):
         assert needed in first, f"the README's first 60 lines lack {needed!r}"
     wandb_panel = "<!-- wandb-panel -->" in first or "docs/images/wandb_panel.png" in first
     assert wandb_panel, "the README's first screen has no wandb panel (or its placeholder)"
