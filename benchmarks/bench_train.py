@@ -12,8 +12,9 @@ other processes on a shared machine disturb least).
     python benchmarks/bench_train.py --configs new-fp32,new-bf16 --no-base
 
 The degradation is bicubic (the cheapest), so the figures are the engine's: model step,
-optimizer, EMA, data. The old loop comes from ``--base`` (default /tmp/wt_base, created with
-``git worktree add /tmp/wt_base 516f983`` when missing and git is available).
+optimizer, EMA, data. The old loop comes from ``--base`` (default /tmp/wt_base: a worktree or
+an extracted copy of commit 516f983; when missing it is extracted with ``git archive``, and
+skipped where the commit is not in the clone).
 """
 from __future__ import annotations
 
@@ -189,9 +190,10 @@ def print_matrix(rows: list[dict]) -> None:
 def _ensure_base(base: Path) -> bool:
     if (base / "srcore" / "train.py").exists():
         return True
-    try:
-        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(base), BASE_COMMIT],
-                       check=True, capture_output=True)
+    try:  # the old tree's files only (git archive): the repository itself is left as it is
+        base.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", BASE_COMMIT], check=True, capture_output=True)
+        subprocess.run(["tar", "-x", "-C", str(base)], input=archive.stdout, check=True, capture_output=True)
         return True
     except (OSError, subprocess.CalledProcessError) as e:
         print(f"no base worktree at {base} ({e}); the old loop is skipped", file=sys.stderr)
