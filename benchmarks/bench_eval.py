@@ -158,6 +158,11 @@ def main() -> None:
     print(f"\nper-image rows old == cold == warm: {identical} ({n} rows x 3 metrics; "
           f"largest difference {worst:.3g})")
     if not identical:
+        for r in ("cold", "warm"):
+            for a, b in zip(rows["old"], rows[r]):
+                if a != b:
+                    print(f"  {r}: {a['set']}/{a['image']}/{a['degradation']}: "
+                          + ", ".join(f"{m} {b[m] - a[m]:+.3g}" for m in ("psnr", "psnr_y", "ssim_y")))
         raise SystemExit("the metrics differ from the code before issue 20")
 
 
