@@ -62,7 +62,11 @@ def super_resolve_batch(model: torch.nn.Module, lrs: list[np.ndarray], device: t
     import torch
 
     with torch.inference_mode():
-        x = torch.from_numpy(np.stack(lrs)).permute(0, 3, 1, 2).to(device).float().div_(255)
+        if len(lrs) == 1:  # built exactly as super_resolve does: its strides pick the same conv kernels
+            x = torch.tensor(lrs[0]).permute(2, 0, 1)[None]
+        else:
+            x = torch.from_numpy(np.stack(lrs)).permute(0, 3, 1, 2)
+        x = x.to(device).float().div_(255)
         y = model(x) if tile is None else tiled_forward(model, x, tile, tile_overlap)
         y = y.float()
         if not bool(torch.isfinite(y).all()):
