@@ -14,7 +14,9 @@ from omegaconf import OmegaConf
 
 # Keys that do not change a job's result.
 RUN_ONLY_KEYS = ("sweep_name", "paths.", "logger.", "train.device", "train.threads", "data.num_workers",
-                 "launcher", "hydra.", "hydra/", "optuna.", "interpret.")
+                 "launcher", "hydra.", "hydra/", "optuna.", "interpret.",
+                 # evaluation speed: the same metrics, bit for bit (tests/test_eval_speed.py)
+                 "eval.lr_cache", "eval.workers", "eval.batch_size")
 
 
 def is_run_only(override: str) -> bool:

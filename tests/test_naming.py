@@ -14,6 +14,8 @@ def test_run_only_keys_do_not_change_names():
     assert sweep_name_from_argv(["dropout.p=0.1,0.5", "logger.mode=online", "train.device=cuda",
                                  "hydra/launcher=submitit_local", "paths.output_root=/x"]) == base
     assert job_dirname(["dropout.p=0.1", "sweep_name=x", "train.device=cpu"]) == "dropout.p=0.1"
+    assert job_dirname(["dropout.p=0.1", "eval.lr_cache=null", "eval.workers=2", "eval.batch_size=8"]) == "dropout.p=0.1"
+    assert job_dirname(["dropout.p=0.1", "eval.tile=64"]) != "dropout.p=0.1"  # tiles may change a pixel
 
 
 def test_different_sweeps_never_share_a_name():
