@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@$(PY) -m pip install -c constraints.txt -e '.[test]' >> $(VENV)/install.log 2>&1 || (tail -30 $(VENV)/install.log; exit 1)
 	touch $(STAMP)
 
-# A real mini-study on the built-in photographs (~1 min per job on 2 CPU cores): SRResNet 32x4
+# A real mini-study on the built-in photographs (~30 s per job on 2 CPU cores): SRResNet 32x4
 # trained 400 steps on bicubic vs the paper's Real-ESRGAN degradations, 4 seeds each; the table
 # compares each with the bicubic-trained runs, then says in one sentence what it shows.
 DEMO_SWEEP := $(OUTPUT_ROOT)/sweeps/demo
