@@ -78,13 +78,11 @@ class TrainSettings:
     ckpt_every: int
     num_workers: int
     device: str
-    # The speed options (docs/speed.md). Their values come from conf/train/*.yaml through
-    # sweeper.build.train_settings like every other key; the defaults below only keep callers
-    # that predate them (tests, benchmarks) on the loop they were written for: fp32, eager, NCHW.
-    precision: str = "fp32"       # fp32 | bf16 | fp16
-    tf32: bool = False            # CUDA only: TF32 matmuls/convolutions in the model step
-    channels_last: bool = False
-    compile: bool = False
+    # The speed options (docs/speed.md); like every key, their defaults live in conf/train/*.yaml.
+    precision: str                # fp32 | bf16 | fp16
+    tf32: bool                    # CUDA only: TF32 matmuls/convolutions in the model step
+    channels_last: bool
+    compile: bool
 
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
