@@ -21,7 +21,7 @@ from srcore.evaluation.paper import PaperSuite
 from srcore.evaluation.suite import EvalCase
 from srcore.evaluation.tiling import tiled_forward
 from srcore.imageio import write_image
-from srcore.metrics import scores, to_uint8
+from srcore.metrics import scores
 
 if TYPE_CHECKING:
     import torch
@@ -39,12 +39,8 @@ class EvaluationStopped(Exception):
 
 
 def super_resolve(model: torch.nn.Module, lr_uint8: np.ndarray, device: torch.device) -> np.ndarray:
-    import torch
-
-    with torch.inference_mode():
-        x = torch.tensor(lr_uint8).permute(2, 0, 1)[None]  # a copy: the array may be read-only
-        x = x.to(device).float().div_(255)
-        return to_uint8(model(x)[0].float().cpu())
+    """SR of one uint8 LR image, quantised to uint8 as ``to_uint8`` does."""
+    return super_resolve_batch(model, [lr_uint8], device)[0]
 
 
 def default_batch_size(device: torch.device) -> int:
@@ -58,11 +54,11 @@ def default_batch_size(device: torch.device) -> int:
 def super_resolve_batch(model: torch.nn.Module, lrs: list[np.ndarray], device: torch.device,
                         tile: int | None = None, tile_overlap: int = 0) -> list[np.ndarray]:
     """SR of same-size uint8 LR images in one forward pass (tiled with ``tile``), quantised on
-    the device: per image the same arithmetic as ``super_resolve`` + ``to_uint8``."""
+    the device: per image the arithmetic of ``to_uint8`` (clamp, x255, round half to even)."""
     import torch
 
     with torch.inference_mode():
-        if len(lrs) == 1:  # built exactly as super_resolve does: its strides pick the same conv kernels
+        if len(lrs) == 1:  # a copy (the array may be read-only); a stacked batch's strides pick other conv kernels
             x = torch.tensor(lrs[0]).permute(2, 0, 1)[None]
         else:
             x = torch.from_numpy(np.stack(lrs)).permute(0, 3, 1, 2)
