@@ -9,13 +9,18 @@ follows it (and names the driver).
 """
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+from sweeper.jobstate import process_alive
 
 DRIVER_LOG = "driver.log"
 DRIVER_LOCK = ".driver.lock"  # the sweep's lock (hydra_plugins/sr_sweeper/sweep_lock.py): who drives it
+DRIVER_STALE_S = 600.0  # a lock whose heartbeat is this old is stale: its driver is gone (or frozen)
 DETACH = "hydra.launcher.detach="
 
 
@@ -35,27 +40,14 @@ def relaunch_in_background(sweep_dir: Path, argv: list[str] | None = None) -> tu
 def driver_line(sweep_dir: Path) -> str | None:
     """Who drives the sweep now, from its lock: "driver: host pid 123 since 10:02:03 (log ...)",
     or None when no driver holds it."""
-    import json
-    import socket
-    import time
-
     try:
         holder = json.loads((Path(sweep_dir) / DRIVER_LOCK).read_text())
         started, beat = float(holder["started"]), float(holder["heartbeat"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if time.time() - beat > 600 or (holder.get("host") == socket.gethostname() and not _alive(int(holder.get("pid", 0)))):
+    if time.time() - beat > DRIVER_STALE_S or process_alive(holder) is False:
         return None  # a stale lock: its driver is gone
     log_path = Path(sweep_dir) / DRIVER_LOG
     return (f"driver: {holder.get('host')} pid {holder.get('pid')}, since {time.strftime('%H:%M:%S', time.localtime(started))}"
             f" (heartbeat {time.time() - beat:.0f} s ago)" + (f"; log {log_path}" if log_path.exists() else ""))
 
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -21,14 +21,15 @@ from datetime import datetime
 from pathlib import Path
 
 from srcore.atomic import atomic_write
-from sweeper.background import DRIVER_LOCK
+from sweeper.background import DRIVER_LOCK, DRIVER_STALE_S
+from sweeper.jobstate import process_alive
 from sweeper.preflight import PreflightError
 
 log = logging.getLogger(__name__)
 
 LOCK = DRIVER_LOCK
 HEARTBEAT_S = 30.0
-STALE_S = 600.0  # 20 heartbeats missed: the driver is gone (or frozen; it stops claiming the lock)
+STALE_S = DRIVER_STALE_S  # 20 heartbeats missed: the driver is gone (or frozen; it stops claiming the lock)
 
 
 class SweepLocked(PreflightError):
@@ -46,20 +47,10 @@ def _read(path: Path) -> dict | None:
     return holder if isinstance(holder, dict) else None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's process
-        return True
-    return True
-
-
 def stale_reason(holder: dict, now: float | None = None) -> str | None:
     """Why a lock's holder is presumed gone, or None while it may still be running."""
     now = time.time() if now is None else now
-    if holder.get("host") == socket.gethostname() and not _pid_alive(int(holder.get("pid", 0))):
+    if process_alive(holder) is False:
         return f"its process {holder.get('pid')} is gone"
     silent = now - float(holder.get("heartbeat", 0))
     if silent > STALE_S:
