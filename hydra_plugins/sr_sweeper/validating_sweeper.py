@@ -27,7 +27,7 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobStatus
 from omegaconf import OmegaConf
 
-from hydra_plugins.sr_sweeper.launchers import job_error
+from hydra_plugins.sr_sweeper.launchers import LocalParallelLauncher, job_error
 from hydra_plugins.sr_sweeper.sweep_lock import SweepLock
 from sweeper.background import relaunch_in_background
 from sweeper.jobstate import MANIFEST, is_done, job_labels, read_json, record_failure, write_json
@@ -69,7 +69,7 @@ class ValidatingSweeper(BasicSweeper):
         except PreflightError as e:
             refuse(str(e))
         jobs, job_dirs = self.validated_jobs(arguments, sweep_dir)
-        if getattr(self.launcher, "detach", False) and not hasattr(self.launcher, "preflight"):
+        if isinstance(self.launcher, LocalParallelLauncher) and self.launcher.detach:
             # a local driver in the background (SLURM's detach is its own: submit and return)
             try:  # refused here, not in the background, if another driver holds the sweep
                 probe = SweepLock(sweep_dir)
