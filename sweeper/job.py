@@ -172,12 +172,17 @@ def _evaluate_paper(cfg: DictConfig, net, test_sets: dict, job_dir: Path, device
         return evaluate(net, test_sets, list(cfg.eval.degradations), cfg.scale, cfg.eval.crop_border,
                         cfg.eval.noise_seed, device, save_dir=job_dir / "images" if cfg.eval.save_images else None,
                         done=done, should_stop=lambda: stop.requested, on_progress=on_progress,
-                        lr_cache=cfg.eval.get("lr_cache"), batch_size=cfg.eval.get("batch_size"),
-                        workers=cfg.eval.get("workers", 1), tile=cfg.eval.get("tile"),
-                        tile_overlap=cfg.eval.get("tile_overlap", 16))
+                        **_eval_options(cfg))
     except EvaluationStopped as e:
         write_json(partial, {"rows": e.rows})
         raise
+
+
+def _eval_options(cfg: DictConfig) -> dict:
+    """The evaluation's speed settings (``eval.*``; none of them changes a metric but ``tile``)."""
+    return {"lr_cache": cfg.eval.get("lr_cache"), "batch_size": cfg.eval.get("batch_size"),
+            "workers": cfg.eval.get("workers", 1), "tile": cfg.eval.get("tile"),
+            "tile_overlap": cfg.eval.get("tile_overlap", 16)}
 
 
 def repair_wandb_run(cfg: DictConfig, job_dir: Path, job_name: str, tags: list[str], results: dict) -> None:
@@ -203,9 +208,7 @@ def _validator(cfg: DictConfig, test_sets: dict):
 
     def validate(net) -> dict:
         _, means = evaluate(net, images, ["clean"], cfg.scale, cfg.eval.crop_border, cfg.eval.noise_seed, device,
-                            lr_cache=cfg.eval.get("lr_cache"), batch_size=cfg.eval.get("batch_size"),
-                            workers=cfg.eval.get("workers", 1), tile=cfg.eval.get("tile"),
-                            tile_overlap=cfg.eval.get("tile_overlap", 16))
+                            **_eval_options(cfg))
         return {f"val/{k}": v for k, v in means.items()}
     return validate
 
