@@ -141,10 +141,10 @@ def _restore_rng_states(states: dict, gen: torch.Generator, seed: int, iteration
     saved = _saved_generator_device(states)
     if saved == gen.device.type:
         gen.set_state(states["degradation"])
-    else:
+    else:  # written when the degradation drew on the training device (before its draws moved to the host)
         gen.manual_seed(reseed_value(seed, iteration))
-        log.warning("the checkpoint was taken on %s, this run trains on %s: the degradation generator is "
-                    "re-seeded from (seed %d, iteration %d); the run continues deterministically but not "
+        log.warning("the checkpoint holds a %s state of the degradation generator, which now draws on the %s: "
+                    "it is re-seeded from (seed %d, iteration %d); the run continues deterministically but not "
                     "bit-identically to an uninterrupted one", saved, gen.device.type, seed, iteration)
 
 
@@ -305,13 +305,14 @@ def regularized_loss(sr, hr, regularizers: Sequence[Regularizer], taps: SiteOutp
     return loss, terms
 
 
-def _seed(seed: int, device: torch.device) -> torch.Generator:
+def _seed(seed: int) -> torch.Generator:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)  # dropout masks come from torch's global RNG
-    gen = torch.Generator(device=device)
-    gen.manual_seed(seed)  # the degradation's own stream
-    return gen
+    # The degradation's own stream, on the host whatever the training device: its draws are a
+    # few hundred numbers per batch, read by the host without waiting for the device, and the
+    # state in a checkpoint is the same on every machine (a CPU run resumes exactly on a GPU).
+    return torch.Generator().manual_seed(seed)
 
 
 # Training images move to the GPU (uint8) when they take at most this share of its free memory.
@@ -359,7 +360,7 @@ def train(
     ``should_stop`` is polled after every iteration: when it says so, the state is saved
     and ``Interrupted`` is raised, so a rerun continues exactly where this one stopped."""
     device = resolve_device(cfg.device)
-    gen = _seed(cfg.seed, device)
+    gen = _seed(cfg.seed)
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)

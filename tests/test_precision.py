@@ -200,8 +200,8 @@ def test_a_checkpoint_from_another_device_resumes_reseeded_and_says_so(tmp_path,
     with caplog.at_level(logging.WARNING, logger="srcore.train"):
         a, _, _ = run(tmp_path, "a")
     lines = [r.getMessage() for r in caplog.records if "re-seeded" in r.getMessage()]
-    assert lines == ["the checkpoint was taken on cuda, this run trains on cpu: the degradation generator is "
-                     "re-seeded from (seed 0, iteration 8); the run continues deterministically but not "
+    assert lines == ["the checkpoint holds a cuda state of the degradation generator, which now draws on the cpu: "
+                     "it is re-seeded from (seed 0, iteration 8); the run continues deterministically but not "
                      "bit-identically to an uninterrupted one"]
     b, _, _ = run(tmp_path, "b")
     assert_same(a, b)  # deterministic: the re-seed is a function of (seed, iteration)
