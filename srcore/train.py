@@ -6,7 +6,8 @@ Plain Python, no framework: a job builds the model (with its regularisers, see
 A checkpoint holds everything needed to continue bit-identically (on CPU): model, EMA,
 optimizer, scheduler, iteration and the RNG states; ``train`` resumes from it when it exists.
 The one before it is kept (``checkpoint.prev.pt``): a damaged latest one (a write cut short by
-a full disk, a truncated copy) falls back to it instead of failing every rerun.
+a full disk, a truncated copy) falls back to it instead of failing every rerun (the files and
+random states: ``srcore.train_checkpoint``).
 Regularisers add nothing to it: their state is a function of the iteration, set before every
 forward pass (``Regularizer.set_iteration``), and their random draws come from torch's global
 RNG (in the checkpoint). A regulariser asking for k ``views`` makes every GT patch of a batch
@@ -26,9 +27,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import logging
-import os
 import random
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -39,11 +38,18 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from srcore.atomic import atomic_write
 from srcore.data import KeyRange, TrainPatches
-from srcore.models.checkpoint import CheckpointError, read_torch_file
+from srcore.models.checkpoint import CheckpointError
 from srcore.regularizers import Regularizer
 from srcore.schedule import CosineAnnealingRestartLR, ema_update
+from srcore.train_checkpoint import (
+    previous_checkpoint,
+    read_latest_checkpoint,
+    reseed_value,  # noqa: F401  (re-exported: srcore.train.reseed_value is public)
+    restore_rng_states,
+    rng_states,
+    write_checkpoint,
+)
 
 log = logging.getLogger(__name__)
 
@@ -94,60 +100,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _rng_states(gen: torch.Generator) -> dict:
-    # Plain tensors and numbers only, so the checkpoint loads with weights_only=True.
-    kind, keys, pos, has_gauss, cached = np.random.get_state()
-    return {
-        "python": random.getstate(),
-        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "degradation": gen.get_state(),
-        "degradation_device": gen.device.type,
-    }
-
-
-def reseed_value(seed: int, iteration: int) -> int:
-    """A seed that is a pure function of (job seed, iteration): what a generator whose saved
-    state cannot be restored on this machine continues from."""
-    return int(np.random.SeedSequence([seed, iteration, 0x5EED]).generate_state(1, np.uint64)[0] >> 1)
-
-
-def _saved_generator_device(states: dict) -> str:
-    """The device type the degradation generator's state was saved from. Checkpoints written
-    before the tag existed are told apart by size: a CUDA generator's state is 16 bytes (seed,
-    offset), a CPU one's 5056 (Mersenne Twister)."""
-    return states.get("degradation_device") or ("cuda" if states["degradation"].numel() == 16 else "cpu")
-
-
-def _restore_rng_states(states: dict, gen: torch.Generator, seed: int, iteration: int) -> None:
-    """Restore every random stream. Where a saved state does not fit this machine (a checkpoint
-    taken on another device type, or with another number of visible GPUs) the stream is
-    re-seeded from (seed, iteration) instead, with one log line: the run continues
-    deterministically, but not bit-identically to an uninterrupted one."""
-    random.setstate(states["python"])
-    kind, keys, pos, has_gauss, cached = states["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(states["torch"])
-    cuda = states["cuda"]
-    if cuda and torch.cuda.is_available():
-        if len(cuda) == torch.cuda.device_count():
-            torch.cuda.set_rng_state_all(cuda)
-        else:
-            torch.cuda.manual_seed_all(reseed_value(seed, iteration))
-            log.warning("the checkpoint holds the CUDA random states of %d GPU(s), this machine has %d: CUDA "
-                        "generators re-seeded from (seed %d, iteration %d)", len(cuda), torch.cuda.device_count(),
-                        seed, iteration)
-    saved = _saved_generator_device(states)
-    if saved == gen.device.type:
-        gen.set_state(states["degradation"])
-    else:  # written when the degradation drew on the training device (before its draws moved to the host)
-        gen.manual_seed(reseed_value(seed, iteration))
-        log.warning("the checkpoint holds a %s state of the degradation generator, which now draws on the %s: "
-                    "it is re-seeded from (seed %d, iteration %d); the run continues deterministically but not "
-                    "bit-identically to an uninterrupted one", saved, gen.device.type, seed, iteration)
-
-
 class TrainingState:
     """Model, EMA, optimizer, scheduler and the degradation's generator: what a checkpoint holds."""
 
@@ -162,6 +114,15 @@ class TrainingState:
                                     weight_decay=cfg.weight_decay, **fused)
         self.sched = CosineAnnealingRestartLR(self.opt, cfg.periods, cfg.restart_weights, cfg.eta_min)
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
+        self.ema_decay = cfg.ema_decay
+
+    def apply_gradients(self) -> None:
+        """The optimizer step (through the fp16 scaler, which skips a step with non-finite
+        gradients), the learning-rate schedule and the EMA of the weights."""
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.sched.step()
+        ema_update(self.ema, self.model, self.ema_decay)
 
     def resume(self, checkpoint: Path) -> int:
         """Load the newest readable checkpoint (``read_latest_checkpoint``); the iteration it was
@@ -177,7 +138,7 @@ class TrainingState:
             self.sched.load_state_dict(state["scheduler"])
             if self.scaler.is_enabled() and state.get("scaler"):
                 self.scaler.load_state_dict(state["scaler"])
-            _restore_rng_states(state["rng"], self.gen, self.seed, state["iteration"])
+            restore_rng_states(state["rng"], self.gen, self.seed, state["iteration"])
         except (RuntimeError, ValueError, KeyError, TypeError) as e:  # written for another network or optimizer
             raise CheckpointError(f"{path}: does not fit this job's model and optimizer "
                                   f"({str(e).strip().splitlines()[0][:200]}); delete {checkpoint.name} and "
@@ -193,77 +154,16 @@ class TrainingState:
                                      f"written (the last one kept)")
         state = {"iteration": iteration, "model": self.model.state_dict(), "ema": self.ema.state_dict(),
                  "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                 "rng": _rng_states(self.gen)}
+                 "rng": rng_states(self.gen)}
         if self.scaler.is_enabled():
             state["scaler"] = self.scaler.state_dict()
-        checkpoint = Path(checkpoint)
-        if checkpoint.exists():
-            _keep_as_previous(checkpoint)
-        atomic_write(checkpoint, lambda f: torch.save(state, f))
+        write_checkpoint(checkpoint, state)
 
 
 def weights_finite(*models: torch.nn.Module) -> bool:
     """Whether every floating-point parameter and buffer of the models is finite (one host read)."""
     tensors = [t for m in models for t in (*m.parameters(), *m.buffers()) if t.is_floating_point()]
     return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()) if tensors else True
-
-
-# --- Checkpoint files: the latest and the one before it -------------------------------------
-
-CHECKPOINT_KEYS = ("iteration", "model", "ema", "optimizer", "scheduler", "rng")
-
-
-def previous_checkpoint(checkpoint: Path) -> Path:
-    """Where the checkpoint before the latest is kept (``checkpoint.prev.pt``)."""
-    return checkpoint.with_name(f"{checkpoint.stem}.prev{checkpoint.suffix}")
-
-
-def _keep_as_previous(checkpoint: Path) -> None:
-    """Make the current checkpoint the previous one, atomically and without ever removing the
-    current one: a hard link renamed onto ``previous_checkpoint`` (a copy where the filesystem
-    has no hard links). The new checkpoint then replaces the current one by its own rename."""
-    previous = previous_checkpoint(checkpoint)
-    tmp = checkpoint.with_name(f".{previous.name}.{os.getpid()}.tmp")  # a partial write to a job's start
-    tmp.unlink(missing_ok=True)
-    try:
-        os.link(checkpoint, tmp)
-    except OSError:
-        shutil.copyfile(checkpoint, tmp)
-    os.replace(tmp, previous)
-
-
-def _read_training_state(path: Path) -> dict:
-    state = read_torch_file(path)
-    missing = [k for k in CHECKPOINT_KEYS if not isinstance(state, dict) or k not in state]
-    if missing:
-        raise CheckpointError(f"{path}: not a training checkpoint (no {', '.join(missing)})")
-    return state
-
-
-def read_latest_checkpoint(checkpoint: Path) -> tuple[dict | None, Path | None]:
-    """The newest readable training state and its file: ``checkpoint``, else the previous one.
-
-    A file that cannot be read (empty, truncated, damaged, or refused because it holds more than
-    tensors) is renamed ``<name>.corrupt`` (kept for a look, and out of the next rotation) with a
-    warning naming it; with no readable file left, training starts over, saying so.
-    ``(None, None)``: start from iteration 0."""
-    problems = []
-    for path in (checkpoint, previous_checkpoint(checkpoint)):
-        if not path.exists():
-            continue
-        try:
-            state = _read_training_state(path)
-        except CheckpointError as e:
-            os.replace(path, path.with_name(path.name + ".corrupt"))
-            problems.append(f"{e} (kept as {path.name}.corrupt)")
-            continue
-        if problems:
-            log.warning("%s; resuming from the previous checkpoint %s (iteration %d)", problems[0], path,
-                        state["iteration"])
-        return state, path
-    if problems:
-        log.warning("%s; no readable checkpoint is left: training starts over from iteration 0", "; ".join(problems))
-    return None, None
 
 
 def degraded_views(degrade: Degrade, hr: torch.Tensor, gen: torch.Generator, views: int):
@@ -276,6 +176,17 @@ def degraded_views(degrade: Degrade, hr: torch.Tensor, gen: torch.Generator, vie
         raise TypeError(f"{views} degraded views per GT patch need a srcore.degrade.Degradation "
                         f"(its views method shares one crop between them), got {degrade!r}")
     return degrade.views(hr, gen, views)
+
+
+def _training_batch(hr_uint8: torch.Tensor, degrade: Degrade, gen: torch.Generator, views: int,
+                    device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(hr, lr)`` on the device for a loader batch of uint8 GT patches: scaled to [0, 1] and
+    degraded (``degraded_views``); the LR batch NHWC when the network trains channels_last."""
+    hr = hr_uint8.to(device, non_blocking=True).float().div_(255)
+    hr, lr_img = degraded_views(degrade, hr, gen, views)
+    if channels_last:
+        lr_img = lr_img.contiguous(memory_format=torch.channels_last)
+    return hr, lr_img
 
 
 class SiteOutputs:
@@ -381,19 +292,13 @@ def train(
         for iteration, hr_uint8 in enumerate(loader, start=start + 1):
             for r in regularizers:
                 r.set_iteration(iteration)
-            hr = hr_uint8.to(device, non_blocking=True).float().div_(255)
-            hr, lr_img = degraded_views(degrade, hr, gen, views)
-            if cfg.channels_last:
-                lr_img = lr_img.contiguous(memory_format=torch.channels_last)
+            hr, lr_img = _training_batch(hr_uint8, degrade, gen, views, device, cfg.channels_last)
             with _tf32(device, cfg.tf32):
                 with torch.autocast(**autocast):
                     loss, terms = regularized_loss(forward(lr_img), hr, regularizers, taps)
                 state.opt.zero_grad(set_to_none=True)
                 state.scaler.scale(loss).backward()
-            state.scaler.step(state.opt)
-            state.scaler.update()
-            state.sched.step()
-            ema_update(state.ema, model, cfg.ema_decay)
+            state.apply_gradients()
 
             window.add(iteration, loss)  # on the device: no wait for the step to finish
             seen += 1
