@@ -31,9 +31,16 @@ The quantisation tables are identical to Pillow's.
 ``jpeg_compress(..., backend="cv2")`` (the CPU path of ``srcore.degrade.cpu``, which the training
 pipeline takes on CPU via "auto") runs the real libjpeg-turbo codec instead, one image per worker
 thread, through ``srcore.imageio.jpeg_roundtrip``: the very JPEG of the test protocol.
+
+On a GPU the codec neither reads back to the host nor rebuilds its constants: the tables, the
+DCT and colour matrices and the rounding biases are built once per device and kept. It runs in
+fp32 (fp64 for fp64 input) whatever the caller's autocast or TF32 settings: TF32 matmuls move
+about one pixel in ten by a level (``exact_arithmetic``).
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
 
 import cv2
@@ -71,9 +78,13 @@ def quant_tables(quality: torch.Tensor) -> torch.Tensor:
     """(N, 2, 8, 8) float tables (luma, chroma) for integer qualities (N,), IJG scaling."""
     q = torch.as_tensor(quality).reshape(-1).round().long().clamp(1, 100)
     scale = torch.where(q < 50, 5000 // q, 200 - 2 * q)
-    base = torch.tensor([LUMA_TABLE, CHROMA_TABLE], dtype=torch.long, device=q.device).view(1, 2, 8, 8)
-    t = (base * scale.view(-1, 1, 1, 1) + 50) // 100
+    t = (_base_tables(q.device) * scale.view(-1, 1, 1, 1) + 50) // 100
     return t.clamp(1, 255).to(torch.float32)
+
+
+@functools.lru_cache(maxsize=None)
+def _base_tables(device: torch.device) -> torch.Tensor:
+    return torch.tensor([LUMA_TABLE, CHROMA_TABLE], dtype=torch.long, device=device).view(1, 2, 8, 8)
 
 
 def dct_matrix(device=None, dtype=torch.float32) -> torch.Tensor:
@@ -85,6 +96,30 @@ def dct_matrix(device=None, dtype=torch.float32) -> torch.Tensor:
     return d.to(device=device, dtype=dtype)
 
 
+@functools.lru_cache(maxsize=None)
+def _block_dct(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """kron(D, D) (float64; vec(D b D^T) = kron(D, D) vec(b) for row-major vec) and the DC
+    indicator, per device; read-only."""
+    d = dct_matrix(device, torch.float64)
+    return torch.kron(d, d), (torch.arange(64, device=device) == 0)
+
+
+@contextlib.contextmanager
+def exact_arithmetic(device: torch.device):
+    """No autocast and no TF32 inside: the codec's rounding steps need full fp32 matmuls."""
+    autocast = torch.amp.is_autocast_available(device.type)
+    with torch.autocast(device_type=device.type, enabled=False) if autocast else contextlib.nullcontext():
+        if device.type != "cuda":
+            yield
+            return
+        saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        try:
+            yield
+        finally:
+            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
 def _codec_plane(planes: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     """DCT, quantise, dequantise, IDCT every 8x8 block of (N, P, H, W) integer-valued planes
     (H, W multiples of 8) with per-sample (N, 8, 8) tables; returns 8-bit-valued planes.
@@ -92,14 +127,13 @@ def _codec_plane(planes: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
     The 2-D DCT of a block b is D b D^T; on flattened blocks it is one (64 x 64) matmul with
     kron(D, D), which keeps the whole batch in a single large GEMM."""
     n, p, h, w = planes.shape
-    d = dct_matrix(planes.device, torch.float64)
-    k = torch.kron(d, d)  # vec(D b D^T) = kron(D, D) vec(b) for row-major vec
+    k, dc = _block_dct(planes.device)
     t = table.reshape(n, 1, 64).to(device=planes.device, dtype=torch.float64)
     fwd = (k.T.unsqueeze(0) / t).to(planes.dtype)   # DCT and division by the table: (n, 64, 64)
     inv = (t.transpose(1, 2) * k).to(planes.dtype)  # multiplication by the table and IDCT
     b = planes.reshape(n, p, h // 8, 8, w // 8, 8).permute(0, 2, 4, 1, 3, 5).reshape(n, -1, 64)
     # level shift: DCT(b - 128) = DCT(b) - 1024 at DC (orthonormal 8x8 DCT), so shift the DC term
-    coef = torch.bmm(b, fwd).sub_((1024 / t).to(planes.dtype) * (torch.arange(64, device=planes.device) == 0))
+    coef = torch.bmm(b, fwd).sub_((1024 / t).to(planes.dtype) * dc)
     rec = torch.bmm(coef.round_(), inv)
     rec = rec.view(n, h // 8, w // 8, p, 8, 8).permute(0, 3, 1, 4, 2, 5).reshape(n, p, h, w)
     return rec.round_().add_(128).clamp_(0, 255)
@@ -121,15 +155,25 @@ def _fancy_upsample(c: torch.Tensor) -> torch.Tensor:
     Those weights are exactly bilinear x2 upsampling with align_corners=False, computed
     exactly in floating point (integers times multiples of 1/16)."""
     s = F.interpolate(c, scale_factor=2, mode="bilinear", align_corners=False)
-    bias = torch.tensor([8 / 16, 7 / 16], device=c.device, dtype=c.dtype).repeat(c.shape[-1])
-    return s.add_(bias).floor_()
+    return s.add_(_alternating(c.shape[-1], 8 / 16, 7 / 16, c.device, c.dtype)).floor_()
+
+
+@functools.lru_cache(maxsize=64)
+def _alternating(pairs: int, even: float, odd: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """(even, odd, even, odd, ...) of length 2 * pairs: libjpeg's alternating rounding biases."""
+    return torch.tensor([even, odd], device=device, dtype=dtype).repeat(pairs)
+
+
+@functools.lru_cache(maxsize=None)
+def _mix_matrix(m: tuple, offset: tuple, device: torch.device, dtype: torch.dtype):
+    return (torch.tensor(m, device=device, dtype=dtype),
+            torch.tensor(offset, device=device, dtype=dtype).view(3, 1))
 
 
 def _mix(m, planes: torch.Tensor, offset) -> torch.Tensor:
     """out[:, i] = sum_j m[i][j] planes[:, j] + offset[i] for (N, 3, H, W) planes (one GEMM)."""
     n, c, h, w = planes.shape
-    mt = torch.tensor(m, device=planes.device, dtype=planes.dtype)
-    off = torch.tensor(offset, device=planes.device, dtype=planes.dtype).view(3, 1)
+    mt, off = _mix_matrix(m, tuple(offset), planes.device, planes.dtype)
     return torch.matmul(mt, planes.reshape(n, c, h * w)).add_(off).view(n, 3, h, w)
 
 
@@ -153,6 +197,13 @@ def jpeg_compress(x: torch.Tensor, quality, backend: str = "torch") -> torch.Ten
         raise ValueError(f"quality has {q.shape[0]} entries for a batch of {n}")
     if backend == "cv2" or (backend == "auto" and x.device.type == "cpu"):
         return _jpeg_per_image(x, q)
+    with exact_arithmetic(x.device):
+        return _jpeg_torch(x, q)
+
+
+def _jpeg_torch(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """The batched PyTorch codec (module doc, steps 1-6)."""
+    n, _, h, w = x.shape
     tables = quant_tables(q)
     dtype = torch.float32 if x.dtype != torch.float64 else torch.float64
     rgb = x.detach().to(dtype).clamp(0, 1).mul_(255).round_()
@@ -161,7 +212,7 @@ def jpeg_compress(x: torch.Tensor, quality, backend: str = "torch") -> torch.Ten
         rgb = F.pad(rgb, (0, pw, 0, ph), mode="replicate")
     ycc = _mix(_RGB2YCC, rgb, (0.0, 128.0, 128.0)).round_()
     # libjpeg's h2v2 downsampling: (sum of the 2x2 block + bias) >> 2, bias 1, 2, 1, 2, ... along a row
-    bias = (1 + (torch.arange(rgb.shape[-1] // 2, device=x.device) % 2).to(dtype)) / 4
+    bias = _alternating(rgb.shape[-1] // 4, 1 / 4, 2 / 4, x.device, dtype)
     chroma = F.avg_pool2d(ycc[:, 1:], 2).add_(bias).floor_()
     y = _codec_plane(ycc[:, :1], tables[:, 0])[..., :h, :w]
     chroma = _codec_plane(chroma, tables[:, 1])

@@ -19,10 +19,14 @@ Random draws come from a ``torch.Generator`` on that generator's device. Every p
 for every sample whether it is used or not, so a call always consumes the same amount of the
 stream for a given ``n`` (changing a probability never shifts later draws).
 
-The kernels are applied by ``srcore.degrade.filtering``.
+The kernels are applied by ``srcore.degrade.filtering``. Building them reads nothing back to
+the host and branches on no tensor's value (the sinc and pulse choices are ``torch.where``), so
+on a GPU it never waits for the device; the coordinate grids and the identity kernel are built
+once per device and kept (``mesh``, ``pulse_kernels``: never modify what they return in place).
 """
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Sequence
 
@@ -37,7 +41,13 @@ ROTATION_RANGE = (-math.pi, math.pi)  # of anisotropic kernels
 # deterministic kernel formulas (batched over the leading dimension)
 # --------------------------------------------------------------------------------------------
 def mesh(size: int, device=None, dtype=torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """(xx, yy): column and row offsets from the centre of an odd ``size`` grid, each (size, size)."""
+    """(xx, yy): column and row offsets from the centre of an odd ``size`` grid, each (size, size);
+    built once per (size, device, dtype) and shared: read-only."""
+    return _mesh(size, torch.device(device or "cpu"), dtype)
+
+
+@functools.lru_cache(maxsize=None)
+def _mesh(size: int, device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     ax = torch.arange(size, device=device, dtype=dtype) - (size // 2)
     yy, xx = torch.meshgrid(ax, ax, indexing="ij")
     return xx, yy
@@ -97,13 +107,14 @@ def bivariate_plateau(sigma_x, sigma_y, theta, beta, size=None, pad_to: int = 21
 
 def sinc_kernels(cutoff, size=21, pad_to: int | None = None) -> torch.Tensor:
     """Circular low-pass (2-D sinc) kernels with cut-off ``cutoff`` (rad/pixel, (n,) or scalar),
-    ``size`` odd (int or (n,)), zero-padded to ``pad_to`` (default: max size): (n, pad_to, pad_to)."""
+    ``size`` odd (int or (n,)), zero-padded to ``pad_to`` (default: max size): (n, pad_to, pad_to).
+    A given ``pad_to`` is trusted to hold every size (it is not read back to be checked)."""
     w = _as_vec(cutoff).double()
     size_t = torch.as_tensor(size, device=w.device).reshape(-1)
     if pad_to is None:
         pad_to = int(size_t.max())
-    if pad_to % 2 == 0 or int(size_t.max()) > pad_to:
-        raise ValueError(f"pad_to={pad_to} must be odd and >= every kernel size")
+    if pad_to % 2 == 0:
+        raise ValueError(f"pad_to={pad_to} must be odd")
     xx, yy = mesh(pad_to, w.device, torch.float64)
     r = torch.sqrt(xx**2 + yy**2)
     w = w[:, None, None]
@@ -114,9 +125,15 @@ def sinc_kernels(cutoff, size=21, pad_to: int | None = None) -> torch.Tensor:
 
 
 def pulse_kernels(n: int, pad_to: int = 21, device=None) -> torch.Tensor:
-    """Identity kernels (a 1 in the centre): (n, pad_to, pad_to)."""
-    k = torch.zeros(n, pad_to, pad_to, device=device)
-    k[:, pad_to // 2, pad_to // 2] = 1
+    """Identity kernels (a 1 in the centre): (n, pad_to, pad_to), a read-only expanded view of
+    one kernel kept per device."""
+    return _pulse(pad_to, torch.device(device or "cpu")).expand(n, pad_to, pad_to)
+
+
+@functools.lru_cache(maxsize=None)
+def _pulse(pad_to: int, device: torch.device) -> torch.Tensor:
+    k = torch.zeros(pad_to, pad_to, device=device)
+    k[pad_to // 2, pad_to // 2] = 1
     return k
 
 
@@ -190,9 +207,8 @@ def kernels_from_params(p: dict, pad_to: int = 21, device=None) -> torch.Tensor:
     pla = bivariate_plateau(p["sigma_x"], p["sigma_y"], p["theta"], p["beta"], size, pad_to)
     gau = bivariate_gaussian(p["sigma_x"], p["sigma_y"], p["theta"], size, pad_to)
     k = torch.where((kind >= 4)[:, None, None], pla, torch.where((kind >= 2)[:, None, None], gen, gau))
-    if bool(p["sinc"].any()):
-        k = torch.where(p["sinc"][:, None, None], sinc_kernels(p["omega"], size, pad_to), k)
-    return k
+    # every sample's sinc is built and picked by where: no device read to ask whether any is on
+    return torch.where(p["sinc"][:, None, None], sinc_kernels(p["omega"], size, pad_to), k)
 
 
 def random_mixed_kernels(n: int, g: torch.Generator, kernel_list: Sequence[str], kernel_prob: Sequence[float], *,
@@ -222,7 +238,5 @@ def final_sinc_kernels(p: dict, pad_to: int = 21, device=None) -> torch.Tensor:
     """Kernels of :func:`sample_final_sinc_params` (pulse where ``on`` is False)."""
     p = {k: v.to(device) if device is not None else v for k, v in p.items()}
     n = p["on"].shape[0]
-    k = pulse_kernels(n, pad_to, p["on"].device)
-    if bool(p["on"].any()):
-        k = torch.where(p["on"][:, None, None], sinc_kernels(p["omega"], p["size"], pad_to), k)
-    return k
+    return torch.where(p["on"][:, None, None], sinc_kernels(p["omega"], p["size"], pad_to),
+                       pulse_kernels(n, pad_to, p["on"].device))

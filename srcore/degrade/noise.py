@@ -10,13 +10,16 @@ image, with torchvision's grey weights, for grey noise), noise = (poisson(img * 
 img) * scale.
 
 Backends: "torch" draws the realisations from the given generator with batched tensor ops
-(``torch.poisson``); "cv2" (the CPU path of "auto", ``srcore.degrade.cpu``) works per image in
+(``torch.poisson``) and never reads a tensor back to the host nor branches on one: both noises
+are drawn for every sample and ``torch.where`` keeps the sample's own (on a GPU the extra draws
+cost far less than a wait for the device); "cv2" (the CPU path of "auto", ``srcore.degrade.cpu``) works per image in
 worker threads, each with its own generator seeded from the given one, and samples Poisson
 noise by an inverse-CDF table lookup. The two give the same distributions, not the same
 realisations.
 """
 from __future__ import annotations
 
+import functools
 import math
 import threading
 
@@ -41,14 +44,16 @@ def gaussian_noise(x: torch.Tensor, sigma: torch.Tensor, gray: torch.Tensor, gen
 
 
 def count_levels(q: torch.Tensor) -> torch.Tensor:
-    """Number of distinct values per sample of an integer-valued (0..255) batch (N, ...)."""
+    """Number of distinct values per sample of an integer-valued (0..255) batch (N, ...), as an
+    (N,) tensor on q's device: a fixed-size scatter into 256 bins per sample (``bincount`` would
+    read the maximum back to the host to size its output)."""
     n = q.shape[0]
-    idx = q.reshape(n, -1).long() + 256 * torch.arange(n, device=q.device).view(n, 1)
-    counts = torch.bincount(idx.reshape(-1), minlength=256 * n).view(n, 256)
-    return (counts > 0).sum(1)
+    seen = torch.zeros(n, 256, dtype=torch.bool, device=q.device)
+    seen.scatter_(1, q.reshape(n, -1).long(), True)
+    return seen.sum(1)
 
 
-def _poisson_one(img: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def _poisson_levels(img: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
     """BasicSR's noise core for images of any channel count: round to levels, counts at
     2^ceil(log2(#levels)) per unit, noise = poisson(img * vals) / vals - img."""
     q = (img * 255).round_().clamp_(0, 255)
@@ -58,44 +63,42 @@ def _poisson_one(img: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return out.sub_(img_q)
 
 
-def poisson_noise(x: torch.Tensor, gray: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+def grey_image(x: torch.Tensor) -> torch.Tensor:
+    """torchvision's rgb_to_grayscale of (N, 3, H, W): (N, 1, H, W)."""
+    return (x * _grey_weights(x.device, x.dtype)).sum(1, keepdim=True)
+
+
+@functools.lru_cache(maxsize=None)
+def _grey_weights(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    return torch.tensor(GREY_WEIGHTS, device=device, dtype=dtype).view(1, 3, 1, 1)
+
+
+def poisson_noise(x: torch.Tensor, gray: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
     """Unscaled Poisson noise (BasicSR's generate_poisson_noise_pt with scale 1) for a batch:
-    grey (from the grey image, the same on all channels) where ``gray``, colour elsewhere."""
-    gray = gray.to(x.device)
-    noise = torch.empty_like(x)
-    g_idx = gray.nonzero().view(-1)
-    c_idx = (~gray).nonzero().view(-1)
-    if c_idx.numel():
-        noise[c_idx] = _poisson_one(x[c_idx], gen)
-    if g_idx.numel():
-        w = torch.tensor(GREY_WEIGHTS, device=x.device, dtype=x.dtype).view(1, 3, 1, 1)
-        grey = (x[g_idx] * w).sum(1, keepdim=True)
-        noise[g_idx] = _poisson_one(grey, gen).expand(-1, x.shape[1], -1, -1)
-    return noise
+    grey (from the grey image, the same on all channels) where ``gray``, colour elsewhere.
+
+    One draw for the whole batch: a grey sample's source is its grey image repeated on the three
+    channels (same distinct levels as the grey image), and it keeps channel 0's realisation on
+    all three -- a grey draw, selected by ``where``, with no per-group indexing."""
+    g = _b(gray.to(x.device))
+    src = torch.where(g, grey_image(x).expand_as(x), x)
+    noise = _poisson_levels(src, gen)
+    return torch.where(g, noise[:, :1].expand_as(noise), noise)
 
 
-def add_noise(x: torch.Tensor, p: dict, gen: torch.Generator, backend: str = "auto") -> torch.Tensor:
+def add_noise(x: torch.Tensor, p: dict, gen: torch.Generator | None, backend: str = "auto") -> torch.Tensor:
     """Add per-sample Gaussian or Poisson noise (``p``: ``noise1`` or ``noise2`` of
     ``RealESRGANDegradation.sample_params``) and clamp to [0, 1]. ``backend`` "torch": batched
-    tensor ops with draws from ``gen``; "cv2" (the CPU path of "auto"): one image per worker
-    thread, each with its own generator seeded from ``gen`` (one draw), so the result does not
-    depend on the number of threads."""
+    tensor ops with draws from ``gen`` (both kinds drawn for every sample, then picked; no host
+    read); "cv2" (the CPU path of "auto"): one image per worker thread, each with its own
+    generator seeded from ``gen`` (one draw), so the result does not depend on the number of
+    threads."""
     if use_cv2(x, backend):
         return _add_noise_cpu(x, p, gen)
-    gauss = p["gaussian"].to(x.device)
-    out = torch.empty_like(x)
-    g_idx = gauss.nonzero().view(-1)
-    p_idx = (~gauss).nonzero().view(-1)
-    if g_idx.numel():
-        xs = x if g_idx.numel() == x.shape[0] else x[g_idx]
-        gi = g_idx.to(p["sigma"].device)
-        out[g_idx] = xs + gaussian_noise(xs, p["sigma"][gi], p["gray"][gi], gen)
-    if p_idx.numel():
-        xs = x if p_idx.numel() == x.shape[0] else x[p_idx]
-        pi = p_idx.to(p["poisson_scale"].device)
-        noise = poisson_noise(xs, p["gray"][pi], gen)
-        out[p_idx] = xs + noise * _b(p["poisson_scale"][pi].to(device=x.device, dtype=x.dtype))
-    return out.clamp_(0, 1)
+    gauss = _b(p["gaussian"].to(x.device))
+    g_noise = gaussian_noise(x, p["sigma"], p["gray"], gen)
+    p_noise = poisson_noise(x, p["gray"], gen).mul_(_b(p["poisson_scale"].to(device=x.device, dtype=x.dtype)))
+    return torch.where(gauss, g_noise, p_noise).add_(x).clamp_(0, 1)
 
 
 _GUIDE_BINS = 2048

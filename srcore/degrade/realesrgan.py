@@ -69,6 +69,7 @@ real-valued ones).
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import torch
@@ -85,6 +86,26 @@ from srcore.degrade.resize import resize
 from srcore.degrade.usm import usm_sharp, usm_sharp_images
 
 UPDOWN = ("up", "down", "keep")
+
+
+def bucketed(size: int, bucket: int) -> int:
+    """``size`` rounded to the nearest multiple of ``bucket`` (halves up), at least ``bucket``."""
+    return max(bucket, bucket * ((2 * int(size) + bucket) // (2 * bucket)))
+
+
+def params_to(params, device: torch.device):
+    """A copy of ``sample_params``'s dict with every tensor on ``device`` (non-blocking host to
+    device copies: the host does not wait); the same objects where they are there already."""
+    if isinstance(params, dict):
+        return {k: params_to(v, device) for k, v in params.items()}
+    if isinstance(params, torch.Tensor) and params.device != device:
+        return params.to(device, non_blocking=True)
+    return params
+
+
+def noise_generator(device: torch.device, seed: int) -> torch.Generator:
+    """The private generator of a batch's noise realisations, on the images' device."""
+    return torch.Generator(device=device).manual_seed(seed)
 
 
 class RealESRGANDegradation(Degradation):
@@ -198,46 +219,60 @@ class RealESRGANDegradation(Degradation):
     # ---- image operations ----------------------------------------------------------------
     def apply(self, hr: torch.Tensor, params: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """Degrade the whole images: returns (hr_target (N, 3, H, W), lr (N, 3, H // scale,
-        W // scale)), LR in 8-bit levels; no crop (see ``paired_crop``)."""
+        W // scale)), LR in 8-bit levels; no crop (see ``paired_crop``).
+
+        ``params`` (``sample_params``) stay on the host: the per-sample tensors are copied to
+        the images' device once, without waiting, and every choice the host must make (sizes,
+        modes, order) is a per-batch Python value, so nothing here reads the device."""
         x = self._check(hr)
         n, _, h, w = x.shape
         if params["n"] != n:
             raise ValueError(f"params were drawn for {params['n']} samples, the batch has {n}")
-        p, dev = self.params, x.device
-        gen = torch.Generator(device=dev)
-        gen.manual_seed(params["seed"])
-        be = self._backend(x)
+        p, dev, be = self.params, x.device, self._backend(x)
+        d = params_to(params, dev)
+        gen = noise_generator(dev, params["seed"])
         if self.usm_per_batch:
             target = usm_sharp(x, p.usm_radius, p.usm_weight, p.usm_threshold, be)
         else:
             target = x  # no USM, or already sharpened whole by prepare_images
 
         # stage 1
-        out = filter2d(target, kernels_from_params(params["kernel1"], 21, dev), be)
-        r = params["resize1"]
-        out = resize(out, scale_factor=r["scale"], mode=r["mode"], backend=be)
-        out = add_noise(out, params["noise1"], gen, be)
-        out = jpeg_compress(out, params["jpeg1"].to(dev), be)
+        out = filter2d(target, kernels_from_params(d["kernel1"], 21), be)
+        out = self._random_resize(out, (h, w), params["resize1"], None, be)
+        out = add_noise(out, d["noise1"], gen, be)
+        out = jpeg_compress(out, d["jpeg1"], be)
 
-        # stage 2
-        blur2 = params["blur2"].to(dev)
-        if bool(blur2.any()):
-            k2 = kernels_from_params(params["kernel2"], 21, dev)
-            k2 = torch.where(blur2[:, None, None], k2, pulse_kernels(n, 21, dev))
-            out = filter2d(out, k2, be)
-        r = params["resize2"]
-        out = resize(out, size=(int(h / self.scale * r["scale"]), int(w / self.scale * r["scale"])), mode=r["mode"],
-                     backend=be)
-        out = add_noise(out, params["noise2"], gen, be)
+        # stage 2: the blur is on or off per sample (off: the identity kernel, picked by where)
+        k2 = torch.where(d["blur2"][:, None, None], kernels_from_params(d["kernel2"], 21), pulse_kernels(n, 21, dev))
+        out = filter2d(out, k2, be)
+        out = self._random_resize(out, (h, w), params["resize2"], self.scale, be)
+        out = add_noise(out, d["noise2"], gen, be)
         lr_size = (h // self.scale, w // self.scale)
-        sinc = final_sinc_kernels(params["final_sinc"], 21, dev)
+        sinc = final_sinc_kernels(d["final_sinc"], 21)
         if params["final_order"] == "resize_sinc_first":
             out = filter2d(resize(out, size=lr_size, mode=params["final_mode"], backend=be), sinc, be)
-            out = jpeg_compress(out.clamp(0, 1), params["jpeg2"].to(dev), be)
+            out = jpeg_compress(out.clamp(0, 1), d["jpeg2"], be)
         else:
-            out = jpeg_compress(out.clamp(0, 1), params["jpeg2"].to(dev), be)
+            out = jpeg_compress(out.clamp(0, 1), d["jpeg2"], be)
             out = filter2d(resize(out, size=lr_size, mode=params["final_mode"], backend=be), sinc, be)
         return target, quantize(out)
+
+    def _random_resize(self, x: torch.Tensor, hr_size: tuple[int, int], r: dict, divisor: int | None, be: str
+                       ) -> torch.Tensor:
+        """Stage 1 (``divisor`` None): F.interpolate by ``scale_factor`` r["scale"], as the
+        official code; stage 2: to ``int(H / divisor * s)`` x ``int(W / divisor * s)``. With
+        ``resize_bucket`` b > 1 the output size is rounded to a multiple of b (at least b), so a
+        compiled pipeline sees a bounded set of shapes; the resampling then maps by in / out size."""
+        b, s = self.params.resize_bucket, r["scale"]
+        if divisor is None:
+            if b == 1:
+                return resize(x, scale_factor=s, mode=r["mode"], backend=be)
+            size = tuple(math.floor(float(v) * s) for v in x.shape[-2:])  # F.interpolate's size
+        else:
+            size = tuple(int(v / divisor * s) for v in hr_size)
+            if b == 1:
+                return resize(x, size=size, mode=r["mode"], backend=be)
+        return resize(x, size=tuple(bucketed(v, b) for v in size), mode=r["mode"], backend=be)
 
     def _backend(self, x: torch.Tensor) -> str:
         if self.params.backend == "cv2" and x.device.type != "cpu":

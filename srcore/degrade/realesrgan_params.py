@@ -62,6 +62,7 @@ class RealESRGANParams:
     # final steps
     final_sinc_prob: float
     resize_modes: tuple[str, ...]
+    resize_bucket: int           # random-resize output sizes rounded to multiples of this (1: exact)
     backend: str                 # auto | torch | cv2 (srcore.degrade.cpu)
 
     @classmethod
@@ -140,6 +141,9 @@ def validate_params(params: dict) -> None:
         _check_stage(params, sfx)
     _check_prob("second_blur_prob", params["second_blur_prob"])
     _check_prob("final_sinc_prob", params["final_sinc_prob"])
+    rb = params["resize_bucket"]
+    if isinstance(rb, bool) or not isinstance(rb, (int, np.integer)) or not 1 <= rb <= 64:
+        _fail("resize_bucket", rb, "must be an integer in [1, 64] (1: the exact sizes of the official code)")
     if params["backend"] not in BACKENDS:
         _fail("backend", params["backend"], f"must be one of {', '.join(BACKENDS)} (cv2: CPU only)")
     modes = params["resize_modes"]

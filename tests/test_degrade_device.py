@@ -1,0 +1,183 @@
+"""The Real-ESRGAN pipeline shaped for a GPU (issue 20): its parameters are drawn on the host,
+the batched ``torch`` backend never reads a tensor back nor branches on one, its constants are
+built once per device, the random-resize sizes can be bucketed, and with noise on it matches
+the OpenCV path in distribution."""
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy as np
+import pytest
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+
+import srcore.degrade.realesrgan as realesrgan
+from srcore.data import builtin_images
+from srcore.degrade import build_degradation, validate_degradation
+from srcore.degrade.realesrgan import bucketed
+from tests.degrade_params import paper_realesrgan_params
+
+# ops whose result the host must read, or whose output size depends on the data
+HOST_READS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default,
+              torch.ops.aten.bincount.default, torch.ops.aten.masked_select.default,
+              torch.ops.aten._unique2.default, torch.ops.aten.unique_consecutive.default,
+              torch.ops.aten.repeat_interleave.Tensor, torch.ops.aten.argwhere.default}
+
+
+class OpLog(TorchDispatchMode):
+    """Every aten op dispatched inside the block."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(func)
+        return func(*args, **(kwargs or {}))
+
+
+def paper(backend="torch", **over):
+    return build_degradation("realesrgan", 4, 64, **{**paper_realesrgan_params(), "backend": backend, **over})
+
+
+def photo_batch(n=4, size=128) -> torch.Tensor:
+    ims = [im for _, im in builtin_images("train")]
+    crops = [np.ascontiguousarray(ims[i % len(ims)][:size, :size]) for i in range(n)]
+    return torch.stack([torch.from_numpy(c).permute(2, 0, 1) for c in crops]).float() / 255
+
+
+def covering_params(deg, n=4, seeds=range(40)):
+    """Parameters of several seeds that together take both final orders and every resize kind."""
+    chosen, orders, kinds = [], set(), set()
+    for seed in seeds:
+        p = deg.sample_params(n, torch.Generator().manual_seed(seed))
+        new = {p["final_order"]} - orders | {p["resize1"]["type"], p["resize2"]["type"]} - kinds
+        if new:
+            chosen.append(p)
+            orders.add(p["final_order"])
+            kinds |= {p["resize1"]["type"], p["resize2"]["type"]}
+    assert orders == {"resize_sinc_first", "jpeg_first"} and kinds == {"up", "down", "keep"}
+    return chosen
+
+
+# ------------------------------------------------------------------ no host reads
+@pytest.mark.parametrize("over", [{}, {"resize_bucket": 8}, {"usm_on_load": False}],
+                         ids=["paper", "bucketed", "usm-per-batch"])
+def test_the_torch_pipeline_runs_on_meta_tensors_so_it_never_reads_the_device(monkeypatch, over):
+    """A meta tensor has no data: any .item(), bool(), .tolist(), .cpu(), nonzero or bincount on
+    one raises. The whole pipeline (USM, both stages, both final orders, the crop) runs on them."""
+    monkeypatch.setattr(realesrgan, "noise_generator", lambda device, seed: None)  # meta has none
+    deg = paper(**over)
+    for params in covering_params(deg):
+        hr = torch.empty(4, 3, 160, 160, device="meta")
+        target, lr = deg.paired_crop(*deg.apply(hr, params), params)
+        assert lr.shape == (4, 3, 16, 16) and target.shape == (4, 3, 64, 64) and lr.device.type == "meta"
+
+
+def test_apply_makes_no_host_read_nor_data_dependent_op_on_real_tensors():
+    deg = paper()
+    hr = photo_batch()
+    for params in covering_params(deg):
+        with OpLog() as log:
+            _, lr = deg.paired_crop(*deg.apply(hr, params), params)
+        assert not [op for op in log.ops if op in HOST_READS]
+        assert torch.isfinite(lr).all()
+
+
+def test_a_host_read_in_the_pipeline_would_be_caught(monkeypatch):
+    """The two checks above can fail: the old stage-2 branch ``if bool(blur2.any())`` trips both."""
+    deg = paper()
+    params = covering_params(deg)[0]
+    real_filter = realesrgan.filter2d
+
+    def branching_filter(x, k, be):
+        if bool((k != 0).any()):
+            return real_filter(x, k, be)
+        return x
+
+    monkeypatch.setattr(realesrgan, "filter2d", branching_filter)
+    with OpLog() as log:
+        deg.apply(photo_batch(), params)
+    assert torch.ops.aten._local_scalar_dense.default in log.ops
+    monkeypatch.setattr(realesrgan, "noise_generator", lambda device, seed: None)
+    with pytest.raises(RuntimeError, match="meta"):
+        deg.apply(torch.empty(4, 3, 160, 160, device="meta"), params)
+
+
+def test_the_constants_are_built_once_per_device():
+    """torch.tensor(list) is an aten.lift_fresh (on a GPU, a blocking host-to-device copy): the
+    JPEG tables, DCT, colour matrices, rounding biases, grids and identity kernels are made on
+    the first call only."""
+    deg = paper()
+    hr = photo_batch()
+    params = covering_params(deg)
+    deg.apply(hr, params[0])  # warm
+    with OpLog() as log:
+        for p in params:
+            deg.apply(hr, p)
+    fresh = [op for op in log.ops if op is torch.ops.aten.lift_fresh.default]
+    assert fresh == []
+    per_call = len(log.ops) / len(params)
+    print(f"aten ops per degradation call (batch of 4, torch backend): {per_call:.0f}", file=sys.stderr)
+
+
+# ------------------------------------------------------------------ bucketed resize sizes
+def test_bucketed_rounds_to_the_nearest_multiple_and_never_below_one_bucket():
+    assert [bucketed(v, 8) for v in (1, 3, 4, 11, 12, 13, 60, 600)] == [8, 8, 8, 8, 16, 16, 64, 600]
+    assert [bucketed(v, 1) for v in (1, 7, 599)] == [1, 7, 599]
+
+
+def test_resize_bucket_bounds_the_shapes_the_pipeline_sees(monkeypatch):
+    """On the paper's 400 px crops: stage 1 and 2 sizes are multiples of 8 and few with buckets,
+    hundreds without; bucket 1 keeps the official sizes."""
+    shapes = {1: set(), 8: set()}
+    for bucket in shapes:
+        deg = paper(resize_bucket=bucket)
+        hr = torch.empty(2, 3, 400, 400, device="meta")
+        for seed in range(300):
+            p = deg.sample_params(2, torch.Generator().manual_seed(seed))
+            for r, divisor in ((p["resize1"], None), (p["resize2"], 4)):
+                shapes[bucket].add((divisor, deg._random_resize(hr if divisor is None else hr[..., :100, :100],
+                                                               (400, 400), r, divisor, "torch").shape[-1]))
+    assert all(size % 8 == 0 for _, size in shapes[8])
+    assert len(shapes[8]) <= 90 < len(shapes[1])
+    one = paper(resize_bucket=1)
+    r = {"type": "down", "scale": 0.37, "mode": "bilinear"}
+    assert one._random_resize(torch.empty(1, 3, 400, 400, device="meta"), (400, 400), r, None, "torch").shape[-1] \
+        == math.floor(400 * 0.37)
+
+
+@pytest.mark.parametrize("value", [0, 65, 2.5, True])
+def test_a_bad_resize_bucket_is_refused_in_pre_flight(value):
+    params = {**paper_realesrgan_params(), "scale": 4, "gt_patch": 64, "resize_bucket": value}
+    with pytest.raises(ValueError, match="degradation.resize_bucket=.* must be an integer in \\[1, 64\\]"):
+        validate_degradation("realesrgan", params)
+
+
+# ------------------------------------------------------------------ torch vs OpenCV, noise on
+def test_the_torch_pipeline_with_noise_matches_the_opencv_path_in_distribution():
+    """Same parameters, both backends, noise on (the paper's ranges): the two differ in their
+    noise realisations and JPEG codec only, so per image the LR means agree, and the noise each
+    adds (LR with noise minus LR of the same parameters with zero noise) has the same size."""
+    hr = photo_batch(n=8, size=192)
+    stats = []
+    for seed in range(3):
+        deg_t, deg_c = paper("torch"), paper("cv2")
+        params = deg_t.sample_params(8, torch.Generator().manual_seed(100 + seed))
+        quiet = {**params}
+        for key in ("noise1", "noise2"):
+            quiet[key] = {**params[key], "sigma": torch.zeros(8), "poisson_scale": torch.zeros(8)}
+        for deg in (deg_t, deg_c):
+            _, noisy = deg.apply(hr, params)
+            _, clean = deg.apply(hr, quiet)
+            stats.append((noisy.mean((1, 2, 3)), (noisy - clean).std((1, 2, 3))))
+    mean_t, std_t = (torch.cat(v) for v in zip(*stats[0::2]))
+    mean_c, std_c = (torch.cat(v) for v in zip(*stats[1::2]))
+    assert (mean_t - mean_c).abs().max() * 255 < 1.5  # levels
+    ratio = std_t / std_c
+    print(f"noise std torch/cv2 per image: mean {float(ratio.mean()):.3f}, range [{float(ratio.min()):.2f}, {float(ratio.max()):.2f}]; "
+          f"mean |LR mean diff| {float((mean_t - mean_c).abs().mean()) * 255:.2f} levels; noise std {float(std_c.mean()) * 255:.1f} levels", file=sys.stderr)
+    assert 0.9 < float(ratio.mean()) < 1.1, ratio
+    assert float(ratio.min()) > 0.6 and float(ratio.max()) < 1.6, ratio
+    assert float(std_c.mean()) * 255 > 3  # the noise is there to be compared
