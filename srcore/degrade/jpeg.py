@@ -158,10 +158,18 @@ def _fancy_upsample(c: torch.Tensor) -> torch.Tensor:
     return s.add_(_alternating(c.shape[-1], 8 / 16, 7 / 16, c.device, c.dtype)).floor_()
 
 
-@functools.lru_cache(maxsize=64)
 def _alternating(pairs: int, even: float, odd: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """(even, odd, even, odd, ...) of length 2 * pairs: libjpeg's alternating rounding biases."""
-    return torch.tensor([even, odd], device=device, dtype=dtype).repeat(pairs)
+    """(even, odd, even, odd, ...) of length 2 * pairs: libjpeg's alternating rounding biases (a
+    read-only slice of one long vector kept per device, whatever the image width)."""
+    base = _alternating_base(even, odd, device, dtype)
+    if 2 * pairs > base.numel():
+        return torch.tensor([even, odd], device=device, dtype=dtype).repeat(pairs)
+    return base[:2 * pairs]
+
+
+@functools.lru_cache(maxsize=None)
+def _alternating_base(even: float, odd: float, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    return torch.tensor([even, odd], device=device, dtype=dtype).repeat(4096)
 
 
 @functools.lru_cache(maxsize=None)
