@@ -247,13 +247,17 @@ def test_gpu_check_runs_end_to_end_on_cpu_at_tiny_sizes(tmp_path):
     proc = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--cpu-smoke"], cwd=ROOT, capture_output=True,
                           text=True, timeout=900, env={**__import__("os").environ, "OUT_DIR": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    table = proc.stdout.strip().splitlines()
-    assert table[0] == "| check | backbone | precision | channels_last | compile | it/s | note |"
-    rows = [line.split(" | ") for line in table[2:]]
+    lines = proc.stdout.strip().splitlines()
+    assert lines[0] == "| check (CPU) | result |"  # step 0: the degradation
+    assert "| no sync | yes (0 host reads, dispatch count) |" in lines
+    assert any(line.startswith("| resize_bucket=8: batches/s") for line in lines)
+    start = lines.index("| check | backbone | precision | channels_last | compile | it/s | note |")
+    rows = [line.split(" | ") for line in lines[start + 2:]]
     assert sum(r[0] == "| model step" for r in rows) == 2 * 4 * 2  # backbones x precisions x channels_last
     assert sum(r[0] == "| full iteration" for r in rows) == 2
-    assert rows[-1][0] == "| real job" and "s wall (train" in rows[-1][-1]
-    assert all(r[5] != "-" for r in rows), proc.stdout  # every configuration ran
+    assert rows[-2][0] == "| real job" and "s wall (train" in rows[-2][-1]
+    assert rows[-1][0] == "| jobs_per_gpu" and "skipped on the CPU" in rows[-1][-1]
+    assert all(r[5] != "-" for r in rows[:-1]), proc.stdout  # every configuration ran
 
 
 # ------------------------------------------------------------------ training images on the device

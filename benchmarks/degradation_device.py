@@ -1,0 +1,170 @@
+"""The Real-ESRGAN degradation on a device: does it wait for the device, is it the same for the
+same seed, does it agree with the CPU, how fast is it, how many shapes does it make.
+
+    python benchmarks/degradation_device.py --device cuda          # the GPU check's step 0
+    python benchmarks/degradation_device.py --device cpu --batches 4 --gt-crop 192   # plumbing
+
+Prints one Markdown table and, with ``--json``, writes its rows. The checks:
+
+* **no sync**: on CUDA every batch after the first runs under
+  ``torch.cuda.set_sync_debug_mode("error")``: a host read (``.item()``, ``nonzero``, a
+  blocking copy) raises. On the CPU the same batches run under a dispatch-mode count of host
+  reads (``_local_scalar_dense``, ``nonzero``, ``bincount``, ``masked_select``).
+* **same seed**: the whole pipeline twice from one generator seed, LR max |difference|.
+* **vs CPU**: the device's ``torch`` backend against the CPU ``torch`` backend with noise off
+  (float rounding and the odd JPEG coefficient apart, equal), and against the OpenCV path with
+  noise on (the noise each adds, std ratio per image; 1 in distribution).
+* **speed**: batches/s of the paper's batch (16 GT crops of 400 px), ``resize_bucket`` 1 (the
+  official sizes) and 8, after a warm-up; and the number of distinct stage-1/2 shapes.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
+
+from srcore.data import builtin_images  # noqa: E402
+from srcore.degrade import build_degradation  # noqa: E402
+from tests.degrade_params import paper_realesrgan_params  # noqa: E402
+
+A = torch.ops.aten
+HOST_READS = {A._local_scalar_dense.default, A.nonzero.default, A.bincount.default, A.masked_select.default}
+
+
+class HostReads(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func in HOST_READS
+        return func(*args, **(kwargs or {}))
+
+
+def photo_batch(n: int, size: int) -> torch.Tensor:
+    ims = [im for _, im in builtin_images("train")]
+    crops = [np.ascontiguousarray(ims[i % len(ims)][:size, :size]) for i in range(n)]
+    return torch.stack([torch.from_numpy(c).permute(2, 0, 1) for c in crops]).float() / 255
+
+
+def degradation(backend: str, gt_patch: int, **over):
+    return build_degradation("realesrgan", 4, gt_patch, **{**paper_realesrgan_params(), "backend": backend, **over})
+
+
+def sync_free(deg, hr, seeds, device) -> str:
+    """'yes' when no batch waited for the device, else what did."""
+    if device.type == "cuda":
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for s in seeds:
+                p = deg.sample_params(hr.shape[0], torch.Generator().manual_seed(s))
+                deg.paired_crop(*deg.apply(hr, p), p)
+        except RuntimeError as e:
+            return f"no: {str(e).splitlines()[0][:80]}"
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        return "yes (set_sync_debug_mode error)"
+    reads = HostReads()
+    for s in seeds:
+        p = deg.sample_params(hr.shape[0], torch.Generator().manual_seed(s))  # host draws: not counted
+        with reads:
+            deg.paired_crop(*deg.apply(hr, p), p)
+    return "yes (0 host reads, dispatch count)" if reads.count == 0 else f"no: {reads.count} host reads"
+
+
+def lr_of(deg, hr, seed, quiet=False):
+    p = deg.sample_params(hr.shape[0], torch.Generator().manual_seed(seed))
+    if quiet:
+        for key in ("noise1", "noise2"):
+            p[key] = {**p[key], "sigma": torch.zeros_like(p[key]["sigma"]),
+                      "poisson_scale": torch.zeros_like(p[key]["poisson_scale"])}
+    return deg.apply(hr, p)[1]
+
+
+def timed(deg, hr, seeds, device) -> tuple[float, int]:
+    """Median seconds per batch (apply + crop), and the distinct LR-side shapes seen."""
+    times, shapes = [], set()
+    for s in seeds:
+        p = deg.sample_params(hr.shape[0], torch.Generator().manual_seed(s))
+        shapes.add((p["resize1"]["type"], round(p["resize1"]["scale"], 6)))
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        deg.paired_crop(*deg.apply(hr, p), p)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), len(shapes)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--gt-crop", type=int, default=400)
+    ap.add_argument("--batches", type=int, default=20)
+    ap.add_argument("--json", type=Path, default=None)
+    args = ap.parse_args(argv)
+    device = torch.device(args.device)
+    gt_patch = min(128, args.gt_crop // 4 * 4)
+    hr_cpu = photo_batch(args.batch, args.gt_crop)
+    hr = hr_cpu.to(device)
+    rows = []
+    dev_name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+    print(f"degradation on {dev_name}: batch {args.batch} x {args.gt_crop} px, torch {torch.__version__}",
+          file=sys.stderr)
+
+    deg = degradation("torch", gt_patch)
+    lr_of(deg, hr, 0)  # warm-up: constants, kernels, allocator
+    rows.append(("no sync", sync_free(deg, hr, range(1, 1 + min(args.batches, 6)), device)))
+    a, b = lr_of(deg, hr, 7), lr_of(deg, hr, 7)
+    rows.append(("same seed twice: LR max abs diff (levels)", f"{float((a - b).abs().max()) * 255:.3f}"))
+    if device.type != "cpu":
+        d, c = lr_of(deg, hr, 8, quiet=True).cpu(), lr_of(degradation("torch", gt_patch), hr_cpu, 8, quiet=True)
+        rows.append((f"{device.type} vs CPU, torch backend, noise off: LR mean abs diff (levels)",
+                     f"{float((d - c).abs().mean()) * 255:.3f} (max {float((d - c).abs().max()) * 255:.0f})"))
+    ratios = []
+    for seed in range(3):
+        for backend, images in (("torch", hr), ("cv2", hr_cpu)):
+            dg = degradation(backend, gt_patch)
+            noise = (lr_of(dg, images, 20 + seed) - lr_of(dg, images, 20 + seed, quiet=True)).std((1, 2, 3)).cpu()
+            ratios.append(noise)
+    r = torch.cat(ratios[0::2]) / torch.cat(ratios[1::2])
+    rows.append((f"noise on: std of the added noise, {device.type} torch / CPU OpenCV, per image",
+                 f"mean {float(r.mean()):.3f}, range [{float(r.min()):.2f}, {float(r.max()):.2f}]"))
+    for bucket in (1, 8):
+        dg = degradation("torch", gt_patch, resize_bucket=bucket)
+        lr_of(dg, hr, 0)
+        sec, _ = timed(dg, hr, range(100, 100 + args.batches), device)
+        sizes = {_stage_sizes(dg, args.gt_crop, s) for s in range(500)}
+        rows.append((f"resize_bucket={bucket}: batches/s (median); distinct (stage-1, stage-2) sizes in 500 draws",
+                     f"{1 / sec:.2f}; {len(sizes)}"))
+    print(f"| check ({dev_name}) | result |\n|---|---|")
+    for name, value in rows:
+        print(f"| {name} | {value} |")
+    if args.json:
+        args.json.write_text(json.dumps([{"check": n, "result": v, "device": dev_name} for n, v in rows], indent=1))
+    return 0
+
+
+def _stage_sizes(deg, crop: int, seed: int) -> tuple[int, int]:
+    p = deg.sample_params(1, torch.Generator().manual_seed(seed))
+    x = torch.empty(1, 3, crop, crop, device="meta")
+    s1 = deg._random_resize(x, (crop, crop), p["resize1"], None, "torch").shape[-1]
+    s2 = deg._random_resize(x, (crop, crop), p["resize2"], deg.scale, "torch").shape[-1]
+    return s1, s2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
