@@ -11,6 +11,7 @@ uninterrupted job would have seen, whatever the number of loader workers.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -100,12 +101,17 @@ def image_sizes(spec: str, max_images: int | None = None) -> list[tuple[str, tup
 
 def load_images(spec: str, split: str, max_images: int | None = None) -> list[tuple[str, np.ndarray]]:
     """All images of a source ('builtin' or a folder) as (name, HxWx3 uint8), sorted by name."""
+    return list(iter_images(spec, split, max_images))
+
+
+def iter_images(spec: str, split: str, max_images: int | None = None) -> Iterator[tuple[str, np.ndarray]]:
+    """``load_images`` one image at a time: a folder's images are decoded as they are consumed,
+    so a consumer that keeps only what it makes of each holds one of them at a time."""
     if spec == BUILTIN:
-        images = builtin_images(split)
-    else:
-        paths = list_images(Path(spec))[:max_images]
-        images = [(p.stem, read_image(p)) for p in paths]
-    return images[:max_images]
+        yield from builtin_images(split)[:max_images]
+        return
+    for path in list_images(Path(spec))[:max_images]:
+        yield path.stem, read_image(path)
 
 
 def pad_to(img: np.ndarray, size: int) -> np.ndarray:
@@ -125,13 +131,15 @@ class TrainPatches(Dataset):
     batches on the training device.
     """
 
-    def __init__(self, images: list[tuple[str, np.ndarray]], patch: int, seed: int, hflip: bool = True):
-        if not images:
-            raise ValueError("the training set holds no images")
-        # A private copy of each image. (Sharing the caller's arrays instead was measured 40% slower
-        # per iteration at a tiny size on this CPU, docs/speed.md: the copy stays.)
+    def __init__(self, images: Iterable[tuple[str, np.ndarray]], patch: int, seed: int, hflip: bool = True):
+        # A private copy of each image, made as the iterable yields it: fed by a generator (the
+        # job's loader), the host holds the set once plus what the generator holds. (Sharing the
+        # caller's arrays instead was measured 40% slower per iteration at a tiny size on this
+        # CPU, docs/speed.md: the copy stays.)
         self.images = [torch.from_numpy(np.array(pad_to(im, patch), dtype=np.uint8)).permute(2, 0, 1)
                        for _, im in images]
+        if not self.images:
+            raise ValueError("the training set holds no images")
         self.patch, self.seed, self.hflip = patch, seed, hflip
 
     def nbytes(self) -> int:

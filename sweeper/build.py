@@ -6,10 +6,12 @@ same thing everywhere.
 """
 from __future__ import annotations
 
+import itertools
+
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from srcore.data import TrainPatches, load_images
+from srcore.data import TrainPatches, iter_images, load_images
 from srcore.degrade import build_degradation
 from srcore.models import build_model
 from srcore.regularizers import REGULARIZERS
@@ -57,11 +59,19 @@ def degradation(cfg: DictConfig):
     return build_degradation(name, **params)
 
 
+# Training images decoded and prepared this many at a time (USM runs over their planes in threads).
+PREPARE_CHUNK = 16
+
+
 def train_patches(cfg: DictConfig, degrade, seed: int | None = None) -> TrainPatches:
     """The training crops: every image prepared once by the degradation (the realesrgan pipeline
-    sharpens each whole image here), cut by a counter-based generator of ``seed``."""
-    images = degrade.prepare_images(load_images(cfg.data.train, "train"))
-    return TrainPatches(images, gt_crop_size(cfg), cfg.seed if seed is None else seed, cfg.train.hflip)
+    sharpens each whole image here), cut by a counter-based generator of ``seed``. Images are
+    decoded, prepared and copied into the crops' store ``PREPARE_CHUNK`` at a time, so the host
+    holds the training set once, plus one chunk in the making."""
+    images = iter_images(cfg.data.train, "train")
+    prepared = (item for chunk in iter(lambda: list(itertools.islice(images, PREPARE_CHUNK)), [])
+                for item in degrade.prepare_images(chunk))
+    return TrainPatches(prepared, gt_crop_size(cfg), cfg.seed if seed is None else seed, cfg.train.hflip)
 
 
 def test_sets(cfg: DictConfig) -> dict[str, list]:

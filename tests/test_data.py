@@ -65,3 +65,39 @@ def test_folder_source_errors_name_the_problem(tmp_path):
 def test_folder_test_set_from_shared_data(shared_data):
     images = load_images(str(shared_data / "Set5"), "test")
     assert [n for n, _ in images] == ["baby", "bird", "butterfly", "head", "woman"]
+
+
+def test_the_job_holds_the_training_set_once_while_loading_it(tmp_path, monkeypatch):
+    """Decoded, sharpened (USM on load) and copied a chunk at a time, the loader's peak stays near
+    the set's own size; loading everything first, then sharpening, then copying (what it did
+    before) peaks above twice it. (One USM worker thread: each holds ~10 images' worth of float
+    planes while it works, a constant that a real training set dwarfs.)"""
+    import tracemalloc
+
+    import sweeper.build as build
+    from srcore.imageio import write_image
+    from sweeper.compose import compose
+
+    rng = np.random.default_rng(0)
+    for i in range(48):
+        write_image(tmp_path / f"im{i:02d}.png", rng.integers(0, 256, (410, 420, 3), dtype=np.uint8))
+    cfg = compose([f"data.train={tmp_path}", "train.patch_size=32"])
+    deg = build.degradation(cfg)
+    monkeypatch.setattr(build, "PREPARE_CHUNK", 3)
+
+    def peak_of(make):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        tracemalloc.start()
+        try:
+            patches = make()
+            return tracemalloc.get_traced_memory()[1] / patches.nbytes(), patches
+        finally:
+            tracemalloc.stop()
+            torch.set_num_threads(threads)
+
+    streamed, patches = peak_of(lambda: build.train_patches(cfg, deg))
+    at_once, reference = peak_of(lambda: TrainPatches(deg.prepare_images(load_images(str(tmp_path), "train")),
+                                                      build.gt_crop_size(cfg), cfg.seed))
+    assert all(torch.equal(a, b) for a, b in zip(patches.images, reference.images)) and len(patches.images) == 48
+    assert streamed < 1.5 < 2 < at_once, (streamed, at_once)
