@@ -108,57 +108,85 @@ def evaluate_suite(model: torch.nn.Module, cases: Iterable[EvalCase], crop_borde
     batch_size = batch_size or default_batch_size(device)
     model.eval()
     finished = {(r["set"], r["image"], r["degradation"]): r for r in done}
-    total = len(cases) if hasattr(cases, "__len__") else 0
-    rows: list = []          # in suite order: dicts, or futures of the metric threads
-    pending: deque = deque()  # positions in rows of futures not yet collected
-    count = 0
-
-    def progress() -> None:
-        nonlocal count
-        count += 1
-        if on_progress is not None:
-            on_progress(count, total)
-
-    def collect(bound: int) -> None:
-        while pending and (len(pending) > bound or rows[pending[0]].done()):
-            k = pending.popleft()
-            rows[k] = rows[k].result()
-            progress()
-
     pool = ThreadPoolExecutor(max_workers=workers) if workers > 0 else None
+    rows = _SuiteRows(len(cases) if hasattr(cases, "__len__") else 0, on_progress, pool, crop_border, save_dir)
     try:
         for _, group in groupby(cases, key=lambda c: (c.set, c.image, c.lr.shape)):
-            todo, stop = [], False
-            for case in group:
-                earlier = finished.get((case.set, case.image, case.degradation))
-                if earlier is not None:
-                    rows.append(earlier)
-                    progress()
-                    continue
-                if should_stop():
-                    stop = True
-                    break
-                todo.append((len(rows), case))
-                rows.append(None)
+            todo, stop = _cases_to_score(group, finished, rows, should_stop)
             for start in range(0, len(todo), batch_size):
                 chunk = todo[start:start + batch_size]
                 srs = super_resolve_batch(model, [c.lr for _, c in chunk], device, tile, tile_overlap)
                 for (k, case), sr in zip(chunk, srs):
-                    if pool is None:
-                        rows[k] = _score(case, sr, crop_border, save_dir)
-                        progress()
-                    else:
-                        rows[k] = pool.submit(_score, case, sr, crop_border, save_dir)
-                        pending.append(k)
-            collect(bound=4 * min(batch_size, 16) + 16)  # bounds the SR images held in memory
+                    rows.score(k, case, sr)
+            rows.collect(bound=4 * min(batch_size, 16) + 16)  # bounds the SR images held in memory
             if stop:
-                collect(bound=0)
-                raise EvaluationStopped(rows)
-        collect(bound=0)
+                rows.collect(bound=0)
+                raise EvaluationStopped(rows.rows)
+        rows.collect(bound=0)
     finally:
         if pool is not None:
             pool.shutdown(wait=True, cancel_futures=True)
-    return rows, summarize(rows)
+    return rows.rows, summarize(rows.rows)
+
+
+class _SuiteRows:
+    """The rows of a suite in its order, as they are kept or scored: a row scored by a metric
+    thread is its future until collected. Every row kept, scored in line or collected counts
+    once for ``on_progress(count, total)``, called in the calling thread."""
+
+    def __init__(self, total: int, on_progress: Callable[[int, int], None] | None, pool: ThreadPoolExecutor | None,
+                 crop_border: int, save_dir: Path | None):
+        self.rows: list = []          # dicts, or futures of the metric threads
+        self.pending: deque = deque()  # positions in rows of futures not yet collected
+        self.count, self.total, self.on_progress = 0, total, on_progress
+        self.pool, self.crop_border, self.save_dir = pool, crop_border, save_dir
+
+    def _progress(self) -> None:
+        self.count += 1
+        if self.on_progress is not None:
+            self.on_progress(self.count, self.total)
+
+    def keep(self, row: dict) -> None:
+        """An earlier evaluation's row, kept in place."""
+        self.rows.append(row)
+        self._progress()
+
+    def reserve(self) -> int:
+        """The position of a case's row, scored later."""
+        self.rows.append(None)
+        return len(self.rows) - 1
+
+    def score(self, k: int, case: EvalCase, sr: np.ndarray) -> None:
+        if self.pool is None:
+            self.rows[k] = _score(case, sr, self.crop_border, self.save_dir)
+            self._progress()
+        else:
+            self.rows[k] = self.pool.submit(_score, case, sr, self.crop_border, self.save_dir)
+            self.pending.append(k)
+
+    def collect(self, bound: int) -> None:
+        """Wait for the oldest futures until at most ``bound`` are pending (and take any finished)."""
+        while self.pending and (len(self.pending) > bound or self.rows[self.pending[0]].done()):
+            k = self.pending.popleft()
+            self.rows[k] = self.rows[k].result()
+            self._progress()
+
+
+def _cases_to_score(group: Iterable[EvalCase], finished: dict, rows: _SuiteRows,
+                    should_stop: Callable[[], bool]) -> tuple[list[tuple[int, EvalCase]], bool]:
+    """The cases of one group (one image, one LR size) to score, each with its row's position,
+    and whether a stop was asked (before the first case not scored yet; the cases after it are
+    left out). Cases an earlier evaluation scored are kept in place instead."""
+    todo = []
+    for case in group:
+        earlier = finished.get((case.set, case.image, case.degradation))
+        if earlier is not None:
+            rows.keep(earlier)
+            continue
+        if should_stop():
+            return todo, True
+        todo.append((rows.reserve(), case))
+    return todo, False
 
 
 def evaluate(model: torch.nn.Module, test_sets: dict[str, list[tuple[str, np.ndarray]]],
