@@ -84,12 +84,7 @@ def _train_and_evaluate(cfg: DictConfig, job_dir: Path, job_name: str, tags: lis
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     service_start = start_service(cfg)
-    settings = build.train_settings(cfg)
-    test_sets = build.test_sets(cfg)
-    degrade = build.degradation(cfg)
-    patches = build.train_patches(cfg, degrade)
-    torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed fixes
-    model = build.model(cfg)
+    settings, test_sets, degrade, patches, model = _build_job(cfg)
     run = JobRun(cfg, job_dir, job_name, tags, service_start)
     _record_trial(cfg, job_dir, run)
     progress = JobProgress(cfg.logger.get("progress", "auto"), cfg.logger.get("progress_every_s", 30),
@@ -142,6 +137,17 @@ def _train_and_evaluate(cfg: DictConfig, job_dir: Path, job_name: str, tags: lis
         progress.close()
         if run.finish(exit_code) and exit_code == 0:
             status.write(wandb_finished=True)  # without it, a rerun completes the wandb run
+
+
+def _build_job(cfg: DictConfig):
+    """What the job trains and tests: (train settings, test sets, degradation, training patches,
+    model). The model comes last, its initial weights drawn from the job's seed."""
+    settings = build.train_settings(cfg)
+    test_sets = build.test_sets(cfg)
+    degrade = build.degradation(cfg)
+    patches = build.train_patches(cfg, degrade)
+    torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed fixes
+    return settings, test_sets, degrade, patches, build.model(cfg)
 
 
 def _evaluate(cfg: DictConfig, net, test_sets: dict, job_dir: Path, device, stop: StopRequest, on_progress=None):
