@@ -42,6 +42,13 @@ def seal_table(runs: pd.DataFrame, metric: str = "psnr_y") -> pd.DataFrame | Non
     return pd.DataFrame(rows)
 
 
+def _markdown(table: pd.DataFrame) -> str:
+    """The table in Markdown: the statistics to 3 decimals, ``n`` (runs) as a whole number and
+    blank on the published rows (not 1.000 / nan)."""
+    n = table["n"].map(lambda v: "" if pd.isna(v) else str(int(v)))
+    return table.assign(n=n).to_markdown(index=False, floatfmt=".3f", colalign=("left", "left", "right"))
+
+
 def write_seal_table(runs: pd.DataFrame, out_dir: Path, title: str) -> str:
     """seal.md / seal.csv in ``out_dir`` (PSNR and SSIM on Y, crop 0); '' without SEAL results."""
     parts, frames = [], []
@@ -53,7 +60,7 @@ def write_seal_table(runs: pd.DataFrame, out_dir: Path, title: str) -> str:
         parts.append(f"**SEAL Set14-SE — {metric}** (S: mean over the 100 cases; AR: share of the cases at or above "
                      "the acceptance line; RPR: relative performance between the acceptance and excellence lines, "
                      "A / U over the accepted / other cases, I its interquartile range)\n\n"
-                     + table.to_markdown(index=False, floatfmt=".3f") + "\n")
+                     + _markdown(table) + "\n")
     md = f"## {title} — SEAL\n\n" + "\n".join(parts)
     atomic_write(out_dir / "seal.md", lambda f: f.write(md), mode="w")
     atomic_write(out_dir / "seal.csv", lambda f: pd.concat(frames).to_csv(f, index=False), mode="w")

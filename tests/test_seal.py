@@ -223,6 +223,26 @@ def test_command_reads_results_and_writes_gains(seal_root, tmp_path, capsys):
     assert (jobs[0] / "seal" / "gain_vs_degradation.png").is_file()
 
 
+def test_seal_table_counts_runs_and_leaves_the_published_rows_blank(seal_root, tmp_path):
+    """seal.md: a setting's row averages its seeds and says how many runs (a whole number); the
+    published models stand below it with no count."""
+    from analysis.seal_table import write_seal_table
+    stats = {f"seal/{m}/{s}": v for m in ("psnr_y", "ssim_y") for s, v in
+             zip(("S", "AR", "RPR_I", "RPR_A", "RPR_U"), (21.0, 0.0, 0.02, 0.0, 0.03))}
+    runs = pd.DataFrame([{"state": "finished", "swept.dropout.position": pos, "swept.seed": seed,
+                          "config": {"eval": {"seal_root": str(seal_root)}},
+                          **stats, "seal/psnr_y/S": 21.0 + 0.2 * seed}
+                         for pos, seeds in (("none", (0, 1)), ("last", (0,))) for seed in seeds])
+    md = write_seal_table(runs, tmp_path, "t")
+    rows = [line.split("|")[1:-1] for line in md.splitlines() if line.startswith("| ")]
+    psnr = {r[0].strip(): [c.strip() for c in r[1:]] for r in rows[1:10]}
+    assert psnr["dropout.position=none"][:3] == ["this sweep", "2", "21.100"]
+    assert psnr["dropout.position=last"][:2] == ["this sweep", "1"]
+    assert psnr["RDSR"][:3] == ["SEAL (published)", "", "22.438"]
+    assert "nan" not in md
+    assert pd.read_csv(tmp_path / "seal.csv")["n"].tolist()[:2] == [2, 1]
+
+
 def test_command_missing_seal_folder_is_one_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         seal_cli.main([str(tmp_path), "--seal-root", str(tmp_path / "nowhere")])
