@@ -5,7 +5,8 @@ Both fix what the stock submitit launchers leave to the user (ECOSYSTEM.md):
   with its reason instead of ending the whole sweep, so the sweeper can list it;
 - each job gets its share of the CPU threads;
 - ``LocalParallelLauncher`` caps the number of jobs running at once and pins each
-  running job to its own GPU (``CUDA_VISIBLE_DEVICES``), round-robin over the GPUs.
+  running job to its own GPU (``CUDA_VISIBLE_DEVICES``), round-robin over the GPUs (its
+  worker processes: ``worker_slots``).
 ``SlurmLauncher`` is submitit's job array; requeue on timeout/preemption is submitit's
 (``checkpoint`` resubmits the same job) and the job itself saves and resumes its state
 (``sweeper.preemption``). Before submitting it checks that a task fits on a node of its
@@ -15,8 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
-import sys
 import time
 from collections import deque
 from pathlib import Path
@@ -27,24 +26,13 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra.plugins.launcher import Launcher
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 from hydra_plugins.sr_sweeper.slurm_queue import QueueWatch
+from hydra_plugins.sr_sweeper.worker_slots import WorkerSlots, failed_return, job_error, use_threads
 from sweeper.jobstate import MANIFEST, STATUS, read_json, read_results
 from sweeper.naming import result_overrides
 from sweeper.preflight import check_slurm_request, slurm_request
 from sweeper.status import NOT_OVER, cluster_states, job_key, live_tasks, record_slurm_tasks
 
 log = logging.getLogger(__name__)
-
-
-def failed_return(overrides: Sequence[str], error: BaseException) -> JobReturn:
-    ret = JobReturn(overrides=list(overrides), status=JobStatus.FAILED)
-    ret.return_value = error
-    return ret
-
-
-def job_error(ret: JobReturn):
-    """A failed job's exception. Hydra's public ``JobReturn.return_value`` re-raises it (and
-    prints a line to stderr), so this reads the private field: the one private read left here."""
-    return ret._return_value
 
 
 def collect(job, overrides: Sequence[str]) -> JobReturn:
@@ -61,14 +49,6 @@ def collect(job, overrides: Sequence[str]) -> JobReturn:
             f"job process ended without a result (state: {state}); logs: {job.paths.stderr}; submitit: {detail}"))
 
 
-def use_threads(threads: int | None) -> None:
-    if threads:
-        for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-            os.environ[var] = str(threads)
-        import torch
-        torch.set_num_threads(threads)
-
-
 def visible_gpus() -> list[str]:
     """The GPUs this process may hand out: CUDA_VISIBLE_DEVICES if set, else all of them."""
     env = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -76,52 +56,6 @@ def visible_gpus() -> list[str]:
         return [g for g in env.split(",") if g.strip()]
     import torch
     return [str(i) for i in range(torch.cuda.device_count())]
-
-
-def stop_with_parent() -> None:
-    """SIGTERM this process when the driver dies (Linux): its job saves its state and stops, as on
-    any stop signal. Without it a killed driver left workers finishing their jobs unseen, and the
-    next driver, finding the sweep's lock stale, started the same jobs a second time."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        PR_SET_PDEATHSIG = 1
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-        if os.getppid() == 1:  # the driver died before the call above
-            os.kill(os.getpid(), signal.SIGTERM)
-
-
-def _worker_main(conn, device: str | None, threads: int | None, log_path: str) -> None:
-    """A long-lived job process: pinned to one GPU, imports paid once, runs jobs it is sent."""
-    stop_with_parent()
-    os.environ["CUDA_VISIBLE_DEVICES"] = device if device is not None else ""
-    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(log_fd, 1)
-    os.dup2(log_fd, 2)
-    use_threads(threads)
-    import cloudpickle
-
-    while True:
-        try:
-            payload = conn.recv_bytes()
-        except (EOFError, OSError):
-            return
-        fn, args = cloudpickle.loads(payload)
-        exiting = None
-        try:
-            ret = fn(*args)
-        except SystemExit as e:  # a stop signal: the job saved its state and asks to end this process
-            ret, exiting = failed_return(args[0], RuntimeError(f"interrupted (exit {e.code}); state saved, "
-                                                               "run the sweep again to resume")), e
-        except BaseException as e:  # noqa: BLE001 - reported to the parent, which lists the failure
-            ret = failed_return(args[0], e)
-        try:
-            data = cloudpickle.dumps(ret)
-        except Exception:  # an unpicklable exception: keep its text
-            data = cloudpickle.dumps(failed_return(args[0], RuntimeError(repr(job_error(ret)))))
-        conn.send_bytes(data)
-        if exiting is not None:
-            raise exiting
 
 
 class LocalParallelLauncher(Launcher):
@@ -172,80 +106,39 @@ class LocalParallelLauncher(Launcher):
         return cap, gpus, threads
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
-        import multiprocessing as mp
-        from multiprocessing.connection import wait
-
-        import cloudpickle
-
         cap, gpus, threads = self.plan()
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         logs = sweep_dir / ".workers"
         logs.mkdir(parents=True, exist_ok=True)
         log.info("local_parallel: %d jobs, at most %d at once, GPUs %s, %d CPU threads each (worker logs: %s)",
                  len(job_overrides), cap, ",".join(gpus) or "none", threads, logs)
-        ctx = mp.get_context("spawn")  # a fresh interpreter: no CUDA state or locks inherited
-        workers: dict[int, tuple[Any, Any]] = {}
-
-        def gpu_of(slot: int) -> str | None:
-            return gpus[slot % len(gpus)] if gpus else None  # round-robin
-
-        def start_worker(slot: int):
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker_main, args=(child, gpu_of(slot), threads, str(logs / f"slot{slot}.log")),
-                               name=f"sr-slot{slot}")
-            proc.start()
-            child.close()
-            workers[slot] = (proc, parent)
-
+        slots = WorkerSlots(gpus, threads, logs)
         pending = deque(enumerate(job_overrides))
-        busy: dict[int, int] = {}  # slot -> job index
         results: list[JobReturn | None] = [None] * len(job_overrides)
         try:
             for slot in range(min(cap, len(job_overrides))):
-                start_worker(slot)
-            while pending or busy:
-                for slot in [s for s in workers if s not in busy]:
+                slots.start(slot)
+            while pending or slots.busy:
+                for slot in slots.idle():
                     if not pending:
                         break
                     i, overrides = pending.popleft()
                     n = initial_job_idx + i
                     args = (list(overrides), "hydra.sweep.dir", n, f"{os.getpid()}_{n}", Singleton.get_state())
-                    workers[slot][1].send_bytes(cloudpickle.dumps((self, args)))
-                    busy[slot] = i
-                    log.info("\t#%d started (slot %d, GPU %s): %s", n, slot, gpu_of(slot),
+                    slots.send(slot, i, overrides, (self, args))
+                    log.info("\t#%d started (slot %d, GPU %s): %s", n, slot, slots.gpu_of(slot),
                              " ".join(filter_overrides(overrides)))
-                ready = wait([workers[s][1] for s in busy] + [workers[s][0].sentinel for s in busy])
-                for slot, i in list(busy.items()):
-                    proc, conn = workers[slot]
-                    if conn in ready or proc.sentinel in ready:
-                        try:
-                            results[i] = cloudpickle.loads(conn.recv_bytes())
-                        except (EOFError, OSError):
-                            proc.join()
-                            results[i] = failed_return(job_overrides[i], RuntimeError(
-                                f"job process died (exit code {proc.exitcode}); log: {logs / f'slot{slot}.log'}"))
-                        del busy[slot]
-                        status = "done" if results[i].status == JobStatus.COMPLETED else "FAILED"
-                        log.info("\t#%d %s", initial_job_idx + i, status)
-                        if getattr(self, "progress", None) is not None:
-                            self.progress.report(force=True)
-                        if not proc.is_alive() or proc.sentinel in ready:
-                            proc.join(timeout=10)
-                            conn.close()
-                            start_worker(slot) if pending else workers.pop(slot)
+                for i, ret in slots.ended(more_jobs=bool(pending)):
+                    results[i] = ret
+                    status = "done" if ret.status == JobStatus.COMPLETED else "FAILED"
+                    log.info("\t#%d %s", initial_job_idx + i, status)
+                    if getattr(self, "progress", None) is not None:
+                        self.progress.report(force=True)
         except KeyboardInterrupt:
-            # Let each running job save its state (SIGTERM -> checkpoint -> exit); a rerun resumes.
-            for proc, _ in workers.values():
-                if proc.is_alive():
-                    os.kill(proc.pid, signal.SIGTERM)
-            for proc, _ in workers.values():
-                proc.join(timeout=120)
+            slots.stop_jobs()
             raise
         finally:
-            for proc, conn in workers.values():
-                conn.close()  # the worker sees EOF and ends
-            for proc, _ in workers.values():
-                proc.join(timeout=30)
+            slots.close()
         return results
 
 
