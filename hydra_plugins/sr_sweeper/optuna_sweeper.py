@@ -150,6 +150,54 @@ class OptunaSweeper(Sweeper):
     def _sweep(self, arguments: list[str]) -> Any:
         import optuna
 
+        space, fixed = self.search_space(arguments)
+        sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
+        check_output_folder(sweep_dir)
+        if hasattr(self.launcher, "preflight"):  # e.g. SLURM: does a task fit on a node?
+            self.launcher.preflight()
+        url = self.storage_url(sweep_dir)
+        name = self.study_name or str(self.config.get("sweep_name") or "study")
+        study, already = self.open_study(url, name, space)
+        log.info("optuna: study %r in %s (%d trials so far), %d new trials, %d at a time, sampler %s, pruner %s",
+                 name, url, already, self.n_trials, self.n_jobs, self.sampler_name, self.pruner_name)
+
+        done = failed = 0
+        exhausted = False
+        while done < self.n_trials and not exhausted:
+            batch = min(self.n_jobs, self.n_trials - done)
+            trials, jobs = [], []
+            for _ in range(batch):
+                trial = study.ask(space)
+                job = self.trial_overrides(trial, fixed, url, name)
+                problem = self.validate(job)
+                if problem:
+                    _fail_reason(study, trial, problem)
+                    exhausted |= tell(study, trial, state=optuna.trial.TrialState.FAIL)
+                    log.warning("trial %d: invalid settings, failed: %s", trial.number, problem)
+                    failed += 1
+                    done += 1
+                    continue
+                trials.append(trial)
+                jobs.append(job)
+            returns = self.launcher.launch(jobs, initial_job_idx=already + done) if jobs else []
+            for trial, ret in zip(trials, returns):
+                study_exhausted, trial_failed = self.record(study, trial, ret)
+                exhausted |= study_exhausted
+                failed += trial_failed
+                done += 1
+            if failed / self.n_trials > self.max_failure_rate:  # a fraction of the trials asked for
+                self.write_results(study, sweep_dir)
+                print(f"error: {failed} of {done} trials failed, over max_failure_rate={self.max_failure_rate} of "
+                      f"n_trials={self.n_trials}; "
+                      f"study stopped. Reasons: optuna trials' user attr 'fail_reason', {sweep_dir / 'trials.csv'}",
+                      file=sys.stderr)
+                raise SystemExit(1)
+        self.write_results(study, sweep_dir)
+        return study
+
+    def search_space(self, arguments: list[str]) -> tuple[dict, list[str]]:
+        """(the distributions of the swept keys, the other overrides as typed) out of
+        ``hydra.sweeper.params`` and the command line; raises ``SearchSpaceError``."""
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         overrides = parser.parse_overrides([f"{k}={v}" for k, v in self.params.items()] + list(arguments))
         space, fixed = {}, []
@@ -166,13 +214,13 @@ class OptunaSweeper(Sweeper):
         if len(self.objectives) > 1 and self.pruner_name not in (None, "none"):
             raise SearchSpaceError(f"hydra.sweeper.pruner={self.pruner_name} needs a single objective "
                                    "(Optuna prunes on one reported value); use pruner=none")
+        return space, fixed
 
-        sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
-        check_output_folder(sweep_dir)
-        if hasattr(self.launcher, "preflight"):  # e.g. SLURM: does a task fit on a node?
-            self.launcher.preflight()
-        url = self.storage_url(sweep_dir)
-        name = self.study_name or str(self.config.get("sweep_name") or "study")
+    def open_study(self, url: str, name: str, space: dict):
+        """(the study, created or loaded, its number of trials before this run); a new study gets
+        the ``enqueue`` trials first."""
+        import optuna
+
         study = optuna.create_study(
             storage=open_storage(url), study_name=name, load_if_exists=True,
             sampler=make_sampler(self.sampler_name, self.seed, space),
@@ -186,57 +234,37 @@ class OptunaSweeper(Sweeper):
                 extra = [x for x in e if x.split("=", 1)[0] not in space]
                 study.enqueue_trial({k: _typed(space[k], v) for k, v in params.items()},
                                     user_attrs={"extra_overrides": extra})
-        log.info("optuna: study %r in %s (%d trials so far), %d new trials, %d at a time, sampler %s, pruner %s",
-                 name, url, already, self.n_trials, self.n_jobs, self.sampler_name, self.pruner_name)
+        return study, already
 
-        done = failed = 0
-        exhausted = False
-        while done < self.n_trials and not exhausted:
-            batch = min(self.n_jobs, self.n_trials - done)
-            trials, jobs = [], []
-            for _ in range(batch):
-                trial = study.ask(space)
-                job = fixed + [f"{k}={v}" for k, v in trial.params.items()]
-                job += list(trial.user_attrs.get("extra_overrides", []))
-                # the job reports to this trial and decides on pruning with the same pruner
-                job += [f"optuna.storage='{url}'", f"optuna.study='{name}'", f"optuna.trial={trial._trial_id}",
-                        f"optuna.pruner={self.pruner_name}", f"optuna.pruner_startup_trials={self.pruner_startup}",
-                        f"optuna.pruner_warmup_steps={self.pruner_warmup}"]
-                problem = self.validate(job)
-                if problem:
-                    _fail_reason(study, trial, problem)
-                    exhausted |= tell(study, trial, state=optuna.trial.TrialState.FAIL)
-                    log.warning("trial %d: invalid settings, failed: %s", trial.number, problem)
-                    failed += 1
-                    done += 1
-                    continue
-                trials.append(trial)
-                jobs.append(job)
-            returns = self.launcher.launch(jobs, initial_job_idx=already + done) if jobs else []
-            for trial, ret in zip(trials, returns):
-                state, values, reason = self.outcome(ret)
-                if reason:
-                    _fail_reason(study, trial, reason)
-                if state == "pruned":
-                    exhausted |= tell(study, trial, state=optuna.trial.TrialState.PRUNED)
-                    log.info("trial %d pruned at step %s", trial.number, ret.return_value.get("pruned_at"))
-                elif state == "failed":
-                    exhausted |= tell(study, trial, state=optuna.trial.TrialState.FAIL)
-                    failed += 1
-                    log.warning("trial %d failed: %s", trial.number, reason)
-                else:
-                    exhausted |= tell(study, trial, values if len(values) > 1 else values[0])
-                    log.info("trial %d: %s -> %s", trial.number, trial.params, values)
-                done += 1
-            if failed / self.n_trials > self.max_failure_rate:  # a fraction of the trials asked for
-                self.write_results(study, sweep_dir)
-                print(f"error: {failed} of {done} trials failed, over max_failure_rate={self.max_failure_rate} of "
-                      f"n_trials={self.n_trials}; "
-                      f"study stopped. Reasons: optuna trials' user attr 'fail_reason', {sweep_dir / 'trials.csv'}",
-                      file=sys.stderr)
-                raise SystemExit(1)
-        self.write_results(study, sweep_dir)
-        return study
+    def trial_overrides(self, trial, fixed: list[str], url: str, name: str) -> list[str]:
+        """The job of a trial: the fixed overrides, the trial's parameters, an enqueued trial's extra
+        overrides, and where it reports (``optuna.*``)."""
+        job = fixed + [f"{k}={v}" for k, v in trial.params.items()]
+        job += list(trial.user_attrs.get("extra_overrides", []))
+        # the job reports to this trial and decides on pruning with the same pruner
+        job += [f"optuna.storage='{url}'", f"optuna.study='{name}'", f"optuna.trial={trial._trial_id}",
+                f"optuna.pruner={self.pruner_name}", f"optuna.pruner_startup_trials={self.pruner_startup}",
+                f"optuna.pruner_warmup_steps={self.pruner_warmup}"]
+        return job
+
+    def record(self, study, trial, ret) -> tuple[bool, bool]:
+        """Tell the study how a trial's job ended: (whether the study is exhausted, whether the
+        trial failed)."""
+        import optuna
+
+        state, values, reason = self.outcome(ret)
+        if reason:
+            _fail_reason(study, trial, reason)
+        if state == "pruned":
+            exhausted = tell(study, trial, state=optuna.trial.TrialState.PRUNED)
+            log.info("trial %d pruned at step %s", trial.number, ret.return_value.get("pruned_at"))
+        elif state == "failed":
+            exhausted = tell(study, trial, state=optuna.trial.TrialState.FAIL)
+            log.warning("trial %d failed: %s", trial.number, reason)
+        else:
+            exhausted = tell(study, trial, values if len(values) > 1 else values[0])
+            log.info("trial %d: %s -> %s", trial.number, trial.params, values)
+        return exhausted, state == "failed"
 
     def validate(self, job: list[str]) -> str | None:
         try:
