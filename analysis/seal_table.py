@@ -3,22 +3,37 @@ published models as reference rows. Written by ``python -m analysis.tables`` nex
 ablation tables when the sweep's jobs were scored with ``eval=seal`` or ``eval=paper_seal``."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
 
 from analysis.stats import setting_keys
 from srcore.atomic import atomic_write
-from srcore.evaluation.seal import published_summaries
+from srcore.evaluation.seal import MODELS_CSV, published_summaries
 from srcore.evaluation.seal_scores import PAPER_NAMES, STATS
 
 
-def _seal_root(runs: pd.DataFrame) -> Path | None:
+ROOT = Path(__file__).resolve().parent.parent  # the checkout
+
+
+def _seal_roots(runs: pd.DataFrame) -> list[Path]:
+    """Where the jobs' SEAL folder may be: each job's ``eval.seal_root`` as it stands and, when it
+    is relative (the default ``../shared/data/SEAL`` is relative to the folder the job ran in,
+    the checkout), resolved against the checkout, so the table does not depend on the folder
+    this command runs in; then ``$SR_DATA_ROOT/SEAL``."""
+    roots = []
     for config in runs.get("config", []):
         root = ((config or {}).get("eval") or {}).get("seal_root")
-        if root and Path(root).is_dir():
-            return Path(root)
-    return None
+        if root:
+            roots += [Path(root)] if Path(root).is_absolute() else [Path(root), ROOT / root]
+    if os.environ.get("SR_DATA_ROOT"):
+        roots.append(Path(os.environ["SR_DATA_ROOT"]) / "SEAL")
+    return list(dict.fromkeys(roots))
+
+
+def _seal_root(runs: pd.DataFrame) -> Path | None:
+    return next((root for root in _seal_roots(runs) if (root / MODELS_CSV).is_file()), None)
 
 
 def seal_table(runs: pd.DataFrame, metric: str = "psnr_y") -> pd.DataFrame | None:
@@ -62,6 +77,10 @@ def write_seal_table(runs: pd.DataFrame, out_dir: Path, title: str) -> str:
                      "A / U over the accepted / other cases, I its interquartile range)\n\n"
                      + _markdown(table) + "\n")
     md = f"## {title} — SEAL\n\n" + "\n".join(parts)
+    if _seal_root(runs) is None:
+        tried = ", ".join(str(r) for r in _seal_roots(runs)) or "no eval.seal_root in the runs' configs"
+        md += (f"\nSEAL's published models are missing: no {MODELS_CSV} found (tried {tried}); "
+               "set $SR_DATA_ROOT to the data folder that holds SEAL/.\n")
     atomic_write(out_dir / "seal.md", lambda f: f.write(md), mode="w")
     atomic_write(out_dir / "seal.csv", lambda f: pd.concat(frames).to_csv(f, index=False), mode="w")
     return md

@@ -243,6 +243,27 @@ def test_seal_table_counts_runs_and_leaves_the_published_rows_blank(seal_root, t
     assert pd.read_csv(tmp_path / "seal.csv")["n"].tolist()[:2] == [2, 1]
 
 
+def test_seal_table_finds_a_relative_seal_root_from_any_folder(seal_root, tmp_path, monkeypatch):
+    """A job's eval.seal_root is stored as configured (../shared/data/SEAL, relative to the
+    checkout it ran in): the table finds the published rows wherever it is made, and says so
+    when it cannot."""
+    import os
+    from analysis.seal_table import write_seal_table
+    from tests.conftest import ROOT
+    stats = {f"seal/{m}/{s}": 0.5 for m in ("psnr_y", "ssim_y") for s in ("S", "AR", "RPR_I", "RPR_A", "RPR_U")}
+    relative = os.path.relpath(seal_root, ROOT)
+    runs = pd.DataFrame([{"state": "finished", "swept.eval": "seal", "swept.seed": 0,
+                          "config": {"eval": {"seal_root": relative}}, **stats}])
+    monkeypatch.delenv("SR_DATA_ROOT", raising=False)
+    monkeypatch.chdir(tmp_path)
+    assert not Path(relative).is_dir()  # not from here
+    md = write_seal_table(runs, tmp_path, "t")
+    assert md.count("SEAL (published)") == 14 and "are missing" not in md
+    runs["config"] = [{"eval": {"seal_root": str(tmp_path / "nowhere")}}]
+    md = write_seal_table(runs, tmp_path, "t")
+    assert "SEAL (published)" not in md and "SEAL's published models are missing" in md and "nowhere" in md
+
+
 def test_command_missing_seal_folder_is_one_clear_error(tmp_path, capsys):
     with pytest.raises(SystemExit):
         seal_cli.main([str(tmp_path), "--seal-root", str(tmp_path / "nowhere")])
