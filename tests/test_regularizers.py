@@ -77,6 +77,28 @@ def test_every_regularizer_is_the_identity_at_eval(name):
         assert not torch.equal(m.train()(x), plain(x))  # and they do act in training
 
 
+TINY_SWIN = dict(embed_dim=12, depths=[2, 2], num_heads=[2, 3], window_size=8, img_size=16)
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("edsr", dict(num_feat=8, num_block=2)), ("swinir", TINY_SWIN),
+    ("swinir", dict(TINY_SWIN, upsampler="nearest+conv")), ("swinir", dict(TINY_SWIN, upsampler="pixelshuffledirect")),
+    ("hat", dict(TINY_SWIN, compress_ratio=3, squeeze_factor=4))], ids=["edsr", "swinir", "swinir_real", "swinir_s", "hat"])
+def test_every_regularizer_is_the_identity_at_eval_on_the_new_backbones(name, kwargs):
+    """As above on EDSR, SwinIR (its three upsamplers) and HAT; Adaptive Dropout where there are
+    mid<k> sites (EDSR). Their own drop path (0.1) is in both networks."""
+    regs = [{"name": "dropout", "position": ["first", "all", "last"], "p": 0.9, "kind": "channel"},
+            spec("droppath", rate=0.9, schedule="constant"), spec("simple_align")]
+    if name == "edsr":
+        regs.append(spec("adaptive_dropout", w0=0.0, p=0.9))
+    torch.manual_seed(0)
+    m, plain = build_model(name, **kwargs, regularizers=regs), build_model(name, **kwargs)
+    plain.load_state_dict(m.state_dict())
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(m.eval()(x), plain.eval()(x))
+
+
 # ---------------------------------------------------------------- Adaptive Dropout
 @pytest.mark.parametrize("w", [0.0, 0.3, 0.8])
 def test_adaptive_dropout_layer_mean_variance_and_values(w):
