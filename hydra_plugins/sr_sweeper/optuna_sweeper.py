@@ -106,14 +106,16 @@ def make_sampler(name: str, seed: int | None, space: dict):
 
 
 class OptunaSweeper(Sweeper):
-    def __init__(self, sampler: str = "tpe", seed: int | None = 0, directions: list[str] | None = None,
-                 objectives: list[str] | None = None, n_trials: int = 20, n_jobs: int = 1,
-                 storage: str | None = None, study_name: str | None = None, max_failure_rate: float = 0.5,
-                 pruner: str = "none", pruner_startup_trials: int = 2, pruner_warmup_steps: int = 0,
-                 params: dict | None = None, enqueue: list | None = None) -> None:
+    # No defaults: every value, the objective included, is stated once, in conf/hydra/sweeper/optuna.yaml.
+    def __init__(self, *, sampler: str, seed: int | None, directions: list[str], objectives: list[str],
+                 n_trials: int, n_jobs: int, storage: str | None, study_name: str | None, max_failure_rate: float,
+                 pruner: str, pruner_startup_trials: int, pruner_warmup_steps: int, params: dict | None,
+                 enqueue: list | None) -> None:
         self.sampler_name, self.seed = sampler, seed
-        self.directions = list(directions or ["maximize"])
-        if not objectives:  # the default lives in conf/hydra/sweeper/optuna.yaml
+        if not directions:
+            raise SearchSpaceError("hydra.sweeper.directions is empty; give one per objective (maximize | minimize)")
+        self.directions = list(directions)
+        if not objectives:
             raise SearchSpaceError("hydra.sweeper.objectives is empty; name at least one metric key or glob")
         self.objectives = list(objectives)
         self.n_trials, self.n_jobs = int(n_trials), int(n_jobs)

@@ -20,8 +20,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-# Hydra's grid expansion (sweep syntax, hydra.sweeper.params, batching): the one private
-# Hydra API this project still uses (hydra 1.3 has no public base class for it).
+# What this project still uses of Hydra's private API (hydra 1.3), in full:
+# - hydra._internal's BasicSweeper, below: the grid expansion (sweep syntax,
+#   hydra.sweeper.params, batching); hydra has no public base class for it;
+# - JobReturn._return_value, read by worker_slots.job_error: a failed job's exception (the
+#   public JobReturn.return_value re-raises it).
+# (Optuna's private Trial._trial_id, in optuna_sweeper.trial_overrides, is the other private read.)
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobStatus
