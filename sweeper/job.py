@@ -112,7 +112,7 @@ def _train_and_evaluate(cfg: DictConfig, job_dir: Path, job_name: str, tags: lis
         t0 = time.perf_counter()
         net = final if cfg.eval.use_ema else model
         progress.begin("eval")
-        rows, means, seal = _evaluate(cfg, net, test_sets, job_dir, settings.device, stop, progress.on_eval)
+        rows, means, seal = _evaluate(cfg, net, test_sets, job_dir, settings.device, stop, progress)
         eval_seconds = time.perf_counter() - t0
         progress.close()
 
@@ -150,38 +150,49 @@ def _build_job(cfg: DictConfig):
     return settings, test_sets, degrade, patches, build.model(cfg)
 
 
-def _evaluate(cfg: DictConfig, net, test_sets: dict, job_dir: Path, device, stop: StopRequest, on_progress=None):
+def _evaluate(cfg: DictConfig, net, test_sets: dict, job_dir: Path, device, stop: StopRequest,
+              progress: JobProgress):
     """The test suites of ``eval.suites``: (the paper's per-image rows, their per set x
-    degradation means, SEAL's summary and per-case means or None)."""
+    degradation means, SEAL's summary and per-case means or None). On a stop request either
+    suite stops between two images; what both have scored is kept in ``eval_partial.json``
+    and a rerun scores only the rest."""
     suites = list(cfg.eval.get("suites", ["paper"]))
-    rows, means = (_evaluate_paper(cfg, net, test_sets, job_dir, device, stop, on_progress) if "paper" in suites
-                   else ([], {}))
-    return rows, means, _evaluate_seal(cfg, net, device) if "seal" in suites else None
+    partial = job_dir / EVAL_PARTIAL
+    kept = read_json(partial) or {}
+    rows, means, seal_rows = [], {}, kept.get("seal_rows", [])
+    try:
+        if "paper" in suites:
+            rows, means = _evaluate_paper(cfg, net, test_sets, job_dir, device, kept.get("rows", []), stop,
+                                          progress.on_eval)
+    except EvaluationStopped as e:
+        write_json(partial, {"rows": e.rows, "seal_rows": seal_rows})
+        raise
+    try:
+        seal = _evaluate_seal(cfg, net, device, seal_rows, stop, progress.on_seal) if "seal" in suites else None
+    except EvaluationStopped as e:
+        write_json(partial, {"rows": rows, "seal_rows": e.rows})
+        raise
+    return rows, means, seal
 
 
-def _evaluate_seal(cfg: DictConfig, net, device) -> dict:
+def _evaluate_seal(cfg: DictConfig, net, device, done: list[dict], stop: StopRequest, on_progress) -> dict:
     """SEAL's 100 cases: the summary (PSNR-S, AR, RPR per metric) and the per-case means."""
     cases = cfg.eval.get("seal_cases")
     rows, summary = evaluate_seal(net, cfg.eval.seal_root, device, cfg.eval.seal_batch_size, cfg.eval.seal_workers,
-                                  cases=list(cases) if cases is not None else None)
+                                  cases=list(cases) if cases is not None else None, done=done,
+                                  should_stop=lambda: stop.requested, on_progress=on_progress)
     cases, per_case = case_means(rows)
     return {"summary": summary,
             "cases": [{"case": c, **{m: float(v[k]) for m, v in per_case.items()}} for k, c in enumerate(cases)]}
 
 
-def _evaluate_paper(cfg: DictConfig, net, test_sets: dict, job_dir: Path, device, stop: StopRequest, on_progress=None):
-    """The paper's protocol, stopping between two images on a stop request: the images scored so
-    far are kept in ``eval_partial.json`` and a rerun scores only the others."""
-    partial = job_dir / EVAL_PARTIAL
-    done = (read_json(partial) or {}).get("rows", [])
-    try:
-        return evaluate(net, test_sets, list(cfg.eval.degradations), cfg.scale, cfg.eval.crop_border,
-                        cfg.eval.noise_seed, device, save_dir=job_dir / "images" if cfg.eval.save_images else None,
-                        done=done, should_stop=lambda: stop.requested, on_progress=on_progress,
-                        **_eval_options(cfg))
-    except EvaluationStopped as e:
-        write_json(partial, {"rows": e.rows})
-        raise
+def _evaluate_paper(cfg: DictConfig, net, test_sets: dict, job_dir: Path, device, done: list[dict],
+                    stop: StopRequest, on_progress=None):
+    """The paper's protocol, stopping between two images on a stop request (``EvaluationStopped``
+    carries the rows scored so far; ``done`` are an earlier attempt's)."""
+    return evaluate(net, test_sets, list(cfg.eval.degradations), cfg.scale, cfg.eval.crop_border,
+                    cfg.eval.noise_seed, device, save_dir=job_dir / "images" if cfg.eval.save_images else None,
+                    done=done, should_stop=lambda: stop.requested, on_progress=on_progress, **_eval_options(cfg))
 
 
 def _eval_options(cfg: DictConfig) -> dict:

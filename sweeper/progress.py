@@ -159,6 +159,12 @@ class JobProgress:
         self.close_bar("train")
         self._advance("eval", done, total)
 
+    def on_seal(self, done: int, total: int) -> None:
+        """SEAL's ``on_progress``: after every batch of images x cases."""
+        self.close_bar("train")
+        self.close_bar("eval")
+        self._advance("SEAL", done, total)
+
     def close_bar(self, phase: str) -> None:
         bar = self._bars.pop(phase, None)
         if bar is not None:
@@ -169,7 +175,7 @@ class JobProgress:
         """One or two lines: mean PSNR per test degradation on the first test set, and where the
         results are."""
         self.close()
-        for line in headline(metrics, test_sets):
+        for line in headline(metrics, test_sets) + seal_headline(metrics):
             log.info("%s", line)
         log.info("results: %s", results_path)
 
@@ -207,7 +213,7 @@ class JobProgress:
 
         bar = self._bars.get(phase)
         if bar is None:
-            desc = "train" if phase == "train" else "eval (images x degradations)"
+            desc = {"train": "train", "eval": "eval (images x degradations)"}.get(phase, f"{phase} (images x cases)")
             columns, lines = _size(self.stream)  # a pseudo-terminal may report 0 (tqdm then draws nothing)
             sized = columns > 0 and lines > 0
             bar = self._bars[phase] = tqdm(total=total or None, initial=state["n0"], desc=desc, file=self.stream,
@@ -269,3 +275,13 @@ def headline(metrics: dict, test_sets: list[str], metric: str = "psnr") -> list[
     if len(sets) > 1:
         lines.append(line(f"mean over {len(sets)} sets", per_degradation(lambda s: s in sets)))
     return lines
+
+
+def seal_headline(metrics: dict, metric: str = "psnr_y") -> list[str]:
+    """``SEAL (psnr_y): PSNR-S 24.31  AR 0.08  RPR_I 0.12 ...`` from a job's ``seal/<metric>/<stat>``
+    metrics; nothing when the job was not scored on SEAL."""
+    stats = [(k.rsplit("/", 1)[1], v) for k, v in metrics.items() if k.startswith(f"seal/{metric}/")]
+    if not stats:
+        return []
+    shown = [f"{'PSNR-S' if s == 'S' else s} {int(v) if s == 'cases' else f'{float(v):.2f}'}" for s, v in stats]
+    return [f"SEAL ({metric}): " + "  ".join(shown)]

@@ -109,3 +109,11 @@ def test_progress_lines_and_headline_units():
     p = JobProgress("off", 0, 10)
     p.on_iteration(1)  # nothing to show, nothing raised
     p.close()
+
+
+def test_a_job_scored_on_seal_ends_with_its_seal_line():
+    from sweeper.progress import seal_headline
+    metrics = {"test/builtin/clean/psnr": 25.8, "seal/psnr_y/S": 24.304, "seal/psnr_y/AR": 0.08,
+               "seal/psnr_y/RPR_I": 0.125, "seal/psnr_y/cases": 100.0, "seal/ssim_y/S": 0.7}
+    assert seal_headline(metrics) == ["SEAL (psnr_y): PSNR-S 24.30  AR 0.08  RPR_I 0.12  cases 100"]
+    assert seal_headline({"test/builtin/clean/psnr": 25.8}) == []

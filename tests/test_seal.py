@@ -16,7 +16,7 @@ from PIL import Image
 from analysis import seal as seal_cli
 from analysis.seal_cases import case_frame, gain_figure, parse_degradation
 from srcore.evaluation import SUITES
-from srcore.evaluation.scoring import super_resolve
+from srcore.evaluation.scoring import EvaluationStopped, super_resolve
 from srcore.evaluation.seal import (HR_DIR, LINES_CSV, LR_DIR, NUM_CASES, SealSuite, case_means, check_seal_root,
                                     evaluate_cases, evaluate_seal, published_summaries, score_image)
 from srcore.evaluation.seal_scores import PAPER_NAMES, Lines, seal_stats, seal_summary
@@ -308,3 +308,50 @@ def test_a_job_scored_on_seal_end_to_end(tmp_path, shared_data):
     assert tables_main([str(sweep)]) == 0
     md = (sweep / "tables" / "seal.md").read_text()
     assert "SEAL (published)" in md and "RealESRNet" in md and "dropout.position=last" in md
+
+
+def test_a_seal_evaluation_stopped_between_batches_continues_to_the_same_rows(seal_root):
+    torch.manual_seed(0)
+    model = build_model("srresnet", num_feat=8, num_block=1)
+    full, summary = evaluate_seal(model, seal_root, batch_size=4, cases=[0, 1])
+    reports, asked = [], []
+    with pytest.raises(EvaluationStopped) as e:
+        evaluate_seal(model, seal_root, batch_size=4, cases=[0, 1], on_progress=lambda n, t: reports.append((n, t)),
+                      should_stop=lambda: asked.append(1) or len(asked) > 3)
+    kept = json.loads(json.dumps(e.value.rows))  # as the job keeps them: a JSON file
+    assert 0 < len(kept) < 28 and reports[-1] == (len(kept), 28) and reports[0] == (0, 28)
+    reports.clear()
+    resumed, again = evaluate_seal(model, seal_root, batch_size=4, cases=[0, 1], done=kept,
+                                   on_progress=lambda n, t: reports.append((n, t)))
+    assert resumed == full and again == summary and reports[0] == (len(kept), 28) and reports[-1] == (28, 28)
+
+
+def test_a_job_stopped_during_seal_keeps_both_suites_and_its_rerun_ends_as_an_uninterrupted_one(seal_root, tmp_path):
+    """The job's side (sweeper.job._evaluate, both suites): a stop request during SEAL keeps the
+    paper's rows and SEAL's scored ones in eval_partial.json; the rerun scores only the rest."""
+    from types import SimpleNamespace
+
+    import sweeper.build as build
+    from sweeper import job
+    from sweeper.compose import compose
+
+    cfg = compose(["preset=smoke", "eval=paper_seal", f"eval.seal_root={seal_root}", "eval.seal_cases=[0,1]",
+                   "eval.seal_batch_size=4", "eval.lr_cache=null"])
+    test_sets = build.test_sets(cfg)
+    torch.manual_seed(0)
+    net = build_model("srresnet", num_feat=8, num_block=1)
+    stop = SimpleNamespace(requested=False)
+
+    def on_seal(n, total):
+        stop.requested = n >= 8
+
+    quiet = SimpleNamespace(on_eval=lambda n, t: None, on_seal=lambda n, t: None)
+    reference = job._evaluate(cfg, net, test_sets, tmp_path / "ref", "cpu", SimpleNamespace(requested=False), quiet)
+    (tmp_path / "job").mkdir()
+    with pytest.raises(EvaluationStopped):
+        job._evaluate(cfg, net, test_sets, tmp_path / "job", "cpu", stop, SimpleNamespace(on_eval=quiet.on_eval,
+                                                                                          on_seal=on_seal))
+    kept = json.loads((tmp_path / "job" / job.EVAL_PARTIAL).read_text())
+    assert len(kept["rows"]) == len(reference[0]) and 8 <= len(kept["seal_rows"]) < 28
+    stop.requested = False
+    assert job._evaluate(cfg, net, test_sets, tmp_path / "job", "cpu", stop, quiet) == reference

@@ -21,13 +21,14 @@ network in batches; on a CPU one at a time, with the metrics in a thread beside 
 from __future__ import annotations
 
 from collections import defaultdict, deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
+from srcore.evaluation.scoring import EvaluationStopped
 from srcore.evaluation.seal_scores import METRICS, Lines, read_lines, read_model_scores, seal_summary
 from srcore.evaluation.suite import EvalCase, Suite
 from srcore.imageio import list_images, read_image, write_image
@@ -120,10 +121,10 @@ def default_batch_size(device: torch.device) -> int:
     return 1 if device.type == "cpu" else 16
 
 
-def _batches(cases: Iterable[EvalCase], batch_size: int) -> Iterator[list[tuple[int, EvalCase]]]:
+def _batches(cases: Iterable[tuple[int, EvalCase]], batch_size: int) -> Iterator[list[tuple[int, EvalCase]]]:
     """(suite position, case) chunks of at most ``batch_size`` cases of one LR size."""
     by_size = defaultdict(list)
-    for k, case in enumerate(cases):
+    for k, case in cases:
         by_size[case.lr.shape].append((k, case))
     for group in by_size.values():
         for start in range(0, len(group), batch_size):
@@ -137,20 +138,32 @@ def _score(case: EvalCase, sr: np.ndarray, save_dir: Path | None) -> dict:
 
 
 def evaluate_cases(model: torch.nn.Module, cases: Iterable[EvalCase], device: torch.device | str = "cpu",
-                   batch_size: int | None = None, workers: int = 1, save_dir: Path | None = None) -> list[dict]:
+                   batch_size: int | None = None, workers: int = 1, save_dir: Path | None = None,
+                   done: Iterable[dict] = (), should_stop: Callable[[], bool] = lambda: False,
+                   on_progress: Callable[[int, int], None] | None = None) -> list[dict]:
     """Per-image rows ``{"set", "image", "degradation", *METRICS}`` of ``model`` (put in eval
     mode) in the suite's order. Same-size LR images run ``batch_size`` at a time (default: by
-    device, ``default_batch_size``); ``workers`` threads score while the network runs (0: in line)."""
+    device, ``default_batch_size``); ``workers`` threads score while the network runs (0: in line).
+    Rows in ``done`` (a stopped evaluation's) are kept, not scored again; ``should_stop`` is asked
+    before each batch, and ``EvaluationStopped`` carries every row scored until then;
+    ``on_progress(count, total)`` follows the rows kept and scored."""
     import torch
 
     device = torch.device(device)
     batch_size = batch_size or default_batch_size(device)
     model.eval()
     save_dir = None if save_dir is None else Path(save_dir)
-    scored: dict[int, dict] = {}
+    cases = list(cases)
+    finished = {(r["set"], r["image"], r["degradation"]): r for r in done}
+    scored = {k: finished[key] for k, c in enumerate(cases) if (key := (c.set, c.image, c.degradation)) in finished}
+    progress = on_progress or (lambda count, total: None)
+    progress(len(scored), len(cases))
     with ThreadPoolExecutor(max_workers=max(workers, 1)) as pool:
         pending: deque = deque()
-        for batch in _batches(cases, batch_size):
+        for batch in _batches([(k, c) for k, c in enumerate(cases) if k not in scored], batch_size):
+            if should_stop():
+                scored.update((k, fut.result()) for k, fut in pending)
+                raise EvaluationStopped([scored[k] for k in sorted(scored)])
             srs = super_resolve_batch(model, [c.lr for _, c in batch], device)
             for (k, case), sr in zip(batch, srs):
                 if workers > 0:
@@ -160,6 +173,7 @@ def evaluate_cases(model: torch.nn.Module, cases: Iterable[EvalCase], device: to
             while len(pending) > 4 * batch_size:  # bounds the SR images held in memory
                 k, fut = pending.popleft()
                 scored[k] = fut.result()
+            progress(len(scored) + len(pending), len(cases))
         scored.update((k, fut.result()) for k, fut in pending)
     return [scored[k] for k in sorted(scored)]
 
@@ -185,10 +199,11 @@ def summarize_rows(rows: list[dict], lines: dict[str, Lines]) -> dict[str, float
 
 def evaluate_seal(model: torch.nn.Module, root: str | Path, device: torch.device | str = "cpu",
                   batch_size: int | None = None, workers: int = 1, save_dir: Path | None = None,
-                  cases: Sequence[int] | None = None) -> tuple[list[dict], dict[str, float]]:
+                  cases: Sequence[int] | None = None, **resume) -> tuple[list[dict], dict[str, float]]:
     """Score ``model`` on Set14-SE (all 100 cases, or ``cases``): per-image rows and the flat
-    summary ``{"<metric>/<stat>": value}`` (``seal_scores.STATS`` of each of ``METRICS``)."""
-    rows = evaluate_cases(model, SealSuite(root, cases), device, batch_size, workers, save_dir)
+    summary ``{"<metric>/<stat>": value}`` (``seal_scores.STATS`` of each of ``METRICS``).
+    ``resume``: ``done``, ``should_stop``, ``on_progress`` of ``evaluate_cases``."""
+    rows = evaluate_cases(model, SealSuite(root, cases), device, batch_size, workers, save_dir, **resume)
     return rows, summarize_rows(rows, seal_lines(root))
 
 
