@@ -42,3 +42,13 @@ def test_bash_completion_through_the_installed_script(tmp_path):
     assert set(regularizers.split()) >= {"regularizer=none", "regularizer=simple_align", "regularizer=dropout"}
     assert "backbone=" in backbone.split()
     assert preset.split() == ["preset=smoke"]
+
+
+def test_a_dry_run_without_a_grid_validates_the_one_job_and_trains_nothing(tmp_path):
+    from tests.conftest import TINY, run_sweeper
+    proc = run_sweeper([*TINY, "hydra.sweeper.dry_run=true"], tmp_path)
+    assert "dry run: 1 job in " in proc.stdout and "(to run); nothing run (a grid: add -m)" in proc.stdout
+    assert not list(tmp_path.glob("runs/*/results.json")) and not list(tmp_path.glob("runs/*/checkpoint.pt"))
+    bad = run_sweeper([*TINY, "dropout.p=1.5", "hydra.sweeper.dry_run=true"], tmp_path, check=False)
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines()[-1] == \
+        "error: dropout.p=1.5 is invalid: it must be a real number in [0, 1)"
