@@ -122,6 +122,33 @@ def test_the_constants_are_built_once_per_device():
     print(f"aten ops per degradation call (batch of 4, torch backend): {per_call:.0f}", file=sys.stderr)
 
 
+def test_the_per_batch_usm_kernel_is_not_copied_again_for_every_batch():
+    """With usm_on_load off, the USM blur's 1-D kernel is made once per device and dtype: a
+    float64 -> float32 copy of it on every batch would be, on a GPU, a blocking host-to-device
+    copy (the host waits for the device)."""
+    from srcore.degrade.usm import usm_kernel_1d
+
+    deg = paper(usm_on_load=False)
+    size = usm_kernel_1d(deg.params.usm_radius).numel()
+    hr = photo_batch(n=2, size=96)
+    params = covering_params(deg, n=2)
+    deg.apply(hr, params[0])  # warm
+
+    class Copies(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.shapes = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten._to_copy.default:
+                self.shapes.append(tuple(args[0].shape))
+            return func(*args, **(kwargs or {}))
+
+    with Copies() as log:
+        deg.apply(hr, params[1])
+    assert (size,) not in log.shapes
+
+
 # ------------------------------------------------------------------ bucketed resize sizes
 def test_bucketed_rounds_to_the_nearest_multiple_and_never_below_one_bucket():
     assert [bucketed(v, 8) for v in (1, 3, 4, 11, 12, 13, 60, 600)] == [8, 8, 8, 8, 16, 16, 64, 600]

@@ -95,11 +95,12 @@ def bucketed(size: int, bucket: int) -> int:
 
 def params_to(params, device: torch.device):
     """A copy of ``sample_params``'s dict with every tensor on ``device`` (non-blocking host to
-    device copies: the host does not wait); the same objects where they are there already."""
+    device copies: the host does not wait); the same objects where they are there already. A copy
+    to the CPU (parameters drawn on a GPU, images on the CPU) blocks: the host reads it at once."""
     if isinstance(params, dict):
         return {k: params_to(v, device) for k, v in params.items()}
     if isinstance(params, torch.Tensor) and params.device != device:
-        return params.to(device, non_blocking=True)
+        return params.to(device, non_blocking=device.type != "cpu")
     return params
 
 

@@ -8,6 +8,8 @@ training images once, when they are loaded (``usm_on_load``).
 """
 from __future__ import annotations
 
+import functools
+
 import cv2
 import numpy as np
 import torch
@@ -21,6 +23,13 @@ def usm_kernel_1d(radius: int) -> torch.Tensor:
     (sigma 0 -> 0.3 * ((k - 1) * 0.5 - 1) + 0.8, OpenCV's fixed tables for tiny sizes). float64."""
     k = radius + 1 if radius % 2 == 0 else radius
     return torch.from_numpy(cv2.getGaussianKernel(k, 0, ktype=cv2.CV_64F).reshape(-1).copy())
+
+
+@functools.lru_cache(maxsize=None)
+def _device_kernel(radius: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """``usm_kernel_1d`` on ``device`` in ``dtype``, built once per (radius, device, dtype) and
+    shared (read-only): per batch, a fresh one would be a blocking host-to-device copy on a GPU."""
+    return usm_kernel_1d(radius).to(device=device, dtype=dtype)
 
 
 def _usm_plane(img: np.ndarray, kn: np.ndarray, weight: float, threshold: float, out: np.ndarray) -> None:
@@ -37,10 +46,9 @@ def usm_sharp(x: torch.Tensor, radius: int, weight: float, threshold: float, bac
     """BasicSR's USMSharp on a batch in [0, 1] (see the module doc). ``backend`` as in
     ``srcore.degrade.filtering.filter2d``; on CPU each image is processed whole in a worker
     thread (OpenCV + NumPy, cache-friendly)."""
-    k = usm_kernel_1d(radius)
     if use_cv2(x, backend):
         xn = as_numpy(x)
-        kn = k.numpy().astype(np.float32).reshape(-1, 1)
+        kn = usm_kernel_1d(radius).numpy().astype(np.float32).reshape(-1, 1)
         out = np.empty_like(xn)
 
         def one(i: int) -> None:
@@ -49,6 +57,7 @@ def usm_sharp(x: torch.Tensor, radius: int, weight: float, threshold: float, bac
 
         cpu_map(one, range(xn.shape[0]))
         return torch.from_numpy(out).to(device=x.device, dtype=x.dtype)
+    k = _device_kernel(int(radius), x.device, x.dtype)
     blur = sep_filter2d(x, k, backend)
     residual = x - blur
     mask = (residual.abs().mul_(255) > threshold).to(x.dtype)
