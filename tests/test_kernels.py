@@ -294,3 +294,12 @@ def test_sep_filter2d_matches_opencv_gaussian_blur():
         for i in range(2):
             ref = cv2.GaussianBlur(x[i].permute(1, 2, 0).numpy(), (51, 51), 0, borderType=cv2.BORDER_REFLECT_101)
             assert np.abs(out[i].permute(1, 2, 0).numpy() - ref).max() < 1e-5, backend
+
+
+def test_random_mixed_kernels_refuses_sizes_beyond_the_padded_size():
+    """The kernels are built without reading the device, so a size beyond pad_to (which would be
+    cut silently) is refused up front, from the Python sizes."""
+    g = torch.Generator().manual_seed(0)
+    with pytest.raises(ValueError, match="pad_to=21 must be odd and >= every kernel size"):
+        random_mixed_kernels(2, g, ["iso"], [1.0], sigma_range=(0.5, 3), betag_range=(0.5, 4), betap_range=(1, 2),
+                             sinc_prob=1.0, sizes=[31], pad_to=21)

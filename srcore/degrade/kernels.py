@@ -218,6 +218,8 @@ def random_mixed_kernels(n: int, g: torch.Generator, kernel_list: Sequence[str],
     """n random mixed kernels (type by ``kernel_prob``, random odd size from ``sizes`` zero-padded
     to ``pad_to``); with ``sinc_prob`` > 0 a sinc kernel replaces a sample's kernel with that
     probability (Real-ESRGAN's first/second-stage kernels). (n, pad_to, pad_to) on ``g.device``."""
+    if pad_to % 2 == 0 or max(int(s) for s in sizes) > pad_to:  # checked here, on the host, not on the device
+        raise ValueError(f"pad_to={pad_to} must be odd and >= every kernel size {list(sizes)}")
     p = sample_kernel_params(n, g, kernel_list, kernel_prob, sigma_range=sigma_range, betag_range=betag_range,
                              betap_range=betap_range, sinc_prob=sinc_prob, rotation_range=rotation_range, sizes=sizes)
     return kernels_from_params(p, pad_to)
