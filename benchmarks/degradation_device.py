@@ -9,7 +9,8 @@ Prints one Markdown table and, with ``--json``, writes its rows. The checks:
 * **no sync**: on CUDA every batch after the first runs under
   ``torch.cuda.set_sync_debug_mode("error")``: a host read (``.item()``, ``nonzero``, a
   blocking copy) raises. On the CPU the same batches run under a dispatch-mode count of host
-  reads (``_local_scalar_dense``, ``nonzero``, ``bincount``, ``masked_select``).
+  reads (``_local_scalar_dense``, ``nonzero``, ``bincount``, ``masked_select``, ...). The paper's
+  settings, then USM per batch (``usm_on_load`` off) and ``resize_bucket`` 8.
 * **same seed**: the whole pipeline twice from one generator seed, LR max |difference|.
 * **vs CPU**: the device's ``torch`` backend against the CPU ``torch`` backend with noise off
   (float rounding and the odd JPEG coefficient apart, equal), and against the OpenCV path with
@@ -39,7 +40,9 @@ from srcore.degrade import build_degradation  # noqa: E402
 from tests.degrade_params import paper_realesrgan_params  # noqa: E402
 
 A = torch.ops.aten
-HOST_READS = {A._local_scalar_dense.default, A.nonzero.default, A.bincount.default, A.masked_select.default}
+# the same set as tests/test_degrade_device.py: ops whose result the host reads, or whose size depends on the data
+HOST_READS = {A._local_scalar_dense.default, A.nonzero.default, A.bincount.default, A.masked_select.default,
+              A._unique2.default, A.unique_consecutive.default, A.repeat_interleave.Tensor, A.argwhere.default}
 
 
 class HostReads(TorchDispatchMode):
@@ -92,12 +95,11 @@ def lr_of(deg, hr, seed, quiet=False):
     return deg.apply(hr, p)[1]
 
 
-def timed(deg, hr, seeds, device) -> tuple[float, int]:
-    """Median seconds per batch (apply + crop), and the distinct LR-side shapes seen."""
-    times, shapes = [], set()
+def timed(deg, hr, seeds, device) -> float:
+    """Median seconds per batch (apply + crop)."""
+    times = []
     for s in seeds:
         p = deg.sample_params(hr.shape[0], torch.Generator().manual_seed(s))
-        shapes.add((p["resize1"]["type"], round(p["resize1"]["scale"], 6)))
         if device.type == "cuda":
             torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -105,7 +107,7 @@ def timed(deg, hr, seeds, device) -> tuple[float, int]:
         if device.type == "cuda":
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
-    return statistics.median(times), len(shapes)
+    return statistics.median(times)
 
 
 def main(argv=None) -> int:
@@ -128,6 +130,10 @@ def main(argv=None) -> int:
     deg = degradation("torch", gt_patch)
     lr_of(deg, hr, 0)  # warm-up: constants, kernels, allocator
     rows.append(("no sync", sync_free(deg, hr, range(1, 1 + min(args.batches, 6)), device)))
+    for label, over in (("USM per batch", {"usm_on_load": False}), ("resize_bucket=8", {"resize_bucket": 8})):
+        dg = degradation("torch", gt_patch, **over)
+        lr_of(dg, hr, 0)  # its constants
+        rows.append((f"no sync, {label}", sync_free(dg, hr, range(1, 1 + min(args.batches, 6)), device)))
     a, b = lr_of(deg, hr, 7), lr_of(deg, hr, 7)
     rows.append(("same seed twice: LR max abs diff (levels)", f"{float((a - b).abs().max()) * 255:.3f}"))
     if device.type != "cpu":
@@ -146,7 +152,7 @@ def main(argv=None) -> int:
     for bucket in (1, 8):
         dg = degradation("torch", gt_patch, resize_bucket=bucket)
         lr_of(dg, hr, 0)
-        sec, _ = timed(dg, hr, range(100, 100 + args.batches), device)
+        sec = timed(dg, hr, range(100, 100 + args.batches), device)
         sizes = {_stage_sizes(dg, args.gt_crop, s) for s in range(500)}
         rows.append((f"resize_bucket={bucket}: batches/s (median); distinct (stage-1, stage-2) sizes in 500 draws",
                      f"{1 / sec:.2f}; {len(sizes)}"))
