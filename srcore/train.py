@@ -24,7 +24,6 @@ naming its iteration; a checkpoint is never written with non-finite weights.
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import logging
 import random
@@ -42,6 +41,7 @@ from srcore.data import KeyRange, TrainPatches
 from srcore.models.checkpoint import CheckpointError
 from srcore.regularizers import Regularizer
 from srcore.schedule import CosineAnnealingRestartLR, ema_update
+from srcore.tf32 import cuda_tf32
 from srcore.train_checkpoint import (
     previous_checkpoint,
     read_latest_checkpoint,
@@ -316,19 +316,10 @@ def train(
     return state.ema if cfg.ema_decay > 0 else model
 
 
-@contextlib.contextmanager
 def _tf32(device: torch.device, enabled: bool):
     """TF32 for the CUDA matmuls and convolutions inside the block only (the model step), fp32
     everywhere else (the degradation's JPEG codec must not round through TF32)."""
-    if device.type != "cuda":
-        yield
-        return
-    matmul, cudnn = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = enabled
-    try:
-        yield
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = matmul, cudnn
+    return cuda_tf32(device, enabled)
 
 
 class LossWindow:

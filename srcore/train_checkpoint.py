@@ -68,10 +68,10 @@ def restore_rng_states(states: dict, gen: torch.Generator, seed: int, iteration:
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
     torch.set_rng_state(states["torch"])
     cuda = states["cuda"]
-    if cuda and torch.cuda.is_available():
+    if torch.cuda.is_available():
         if len(cuda) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(cuda)
-        else:
+        else:  # another GPU count, or none (a CPU checkpoint): never replay the masks from iteration 1
             torch.cuda.manual_seed_all(reseed_value(seed, iteration))
             log.warning("the checkpoint holds the CUDA random states of %d GPU(s), this machine has %d: CUDA "
                         "generators re-seeded from (seed %d, iteration %d)", len(cuda), torch.cuda.device_count(),

@@ -284,3 +284,19 @@ def test_a_cuda_job_keeps_its_images_on_the_gpu_when_they_fit(monkeypatch):
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (3 * patches.nbytes(), 8 * patches.nbytes()))
     T._place_images(patches, settings(device="cuda"), cuda)  # over a quarter of the free memory
     assert moved == [cuda]
+
+
+def test_a_cpu_checkpoint_resumed_where_cuda_is_available_reseeds_cuda_and_says_so(tmp_path, monkeypatch, caplog):
+    """A CPU run's checkpoint holds no CUDA states: on a GPU machine the CUDA generators (dropout
+    masks) are re-seeded from (seed, iteration), not left at the job seed's iteration-1 stream."""
+    with pytest.raises(Crash):
+        run(tmp_path, "cpu", crash_at=10)
+    seeded = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: [])
+    monkeypatch.setattr(torch.cuda, "manual_seed_all", seeded.append)
+    with caplog.at_level(logging.WARNING, logger="srcore.train"):
+        run(tmp_path, "cpu")
+    assert reseed_value(0, 8) in seeded
+    assert any("CUDA random states of 0 GPU(s), this machine has 1" in r.getMessage() for r in caplog.records)

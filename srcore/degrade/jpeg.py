@@ -50,6 +50,7 @@ import torch.nn.functional as F
 
 from srcore.degrade.cpu import BACKENDS, as_numpy, cpu_map
 from srcore.imageio import jpeg_roundtrip
+from srcore.tf32 import cuda_tf32
 
 # Annex K tables in natural (row-major: vertical frequency, horizontal frequency) order.
 LUMA_TABLE = (
@@ -109,15 +110,8 @@ def exact_arithmetic(device: torch.device):
     """No autocast and no TF32 inside: the codec's rounding steps need full fp32 matmuls."""
     autocast = torch.amp.is_autocast_available(device.type)
     with torch.autocast(device_type=device.type, enabled=False) if autocast else contextlib.nullcontext():
-        if device.type != "cuda":
+        with cuda_tf32(device, False):
             yield
-            return
-        saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
-        try:
-            yield
-        finally:
-            torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
 
 
 def _codec_plane(planes: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
