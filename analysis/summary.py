@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from analysis.stats import AVERAGE, STAT_COLUMNS, TEST_DEGRADATION, TEST_SET
+from analysis.stats import AVERAGE, STAT_COLUMNS, TEST_SET
 
 
 def _setting_columns(stats: pd.DataFrame) -> list[str]:

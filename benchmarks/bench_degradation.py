@@ -181,9 +181,9 @@ def bench_degradation(args, device, images, batched_cls) -> dict:
         pre_torch = [b.to(device).float().div_(255)
                      for b in make_gt_batches(prepared, args.gt_crop, args.batch, n, args.seed)]
         per_batch_usm = paper_pipeline(batched_cls, args, usm=True, usm_on_load=False)
-        gen = torch.Generator(device=device)
+        gen = torch.Generator()  # on the host, as the job draws (srcore.train._seed)
         gen.manual_seed(args.seed)
-        gen2 = torch.Generator(device=device)
+        gen2 = torch.Generator()
         gen2.manual_seed(args.seed)
         hr, lr = batched(pre_torch[0], gen)
         lq = args.gt_patch // args.scale
@@ -307,7 +307,7 @@ def bench_train_step(args, device, images, batched_cls) -> dict:
 
     # as the job (sweeper/job.py): USM once per whole training image, then per-batch degradation
     degrade = paper_pipeline(batched_cls, args, usm=True, usm_on_load=True)
-    gen = torch.Generator(device=device)
+    gen = torch.Generator()  # on the host, as the job draws (srcore.train._seed)
     gen.manual_seed(args.seed)
     patches = TrainPatches(degrade.prepare_images(images), args.gt_crop, args.seed, hflip=True)
     loader = DataLoader(patches, batch_size=args.batch, sampler=KeyRange(0, 10**9, args.batch),

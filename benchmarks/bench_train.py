@@ -133,7 +133,7 @@ def matrix(args) -> list[dict]:
     def run(backbone, precision, channels_last, compile_, degradation=None):
         prec, tf32 = PRECISION_ROWS[precision]
         cfg = compose([f"backbone={backbone}", *small, f"train.device={args.device}",
-                       *([f"backbone.num_grow_ch=4"] if args.cpu_smoke and backbone == "rrdb" else [])])
+                       *(["backbone.num_grow_ch=4"] if args.cpu_smoke and backbone == "rrdb" else [])])
         torch._dynamo.reset()
         torch.manual_seed(0)
         model = build.model(cfg)

@@ -31,38 +31,12 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
-from srcore.data import builtin_images  # noqa: E402
-from srcore.degrade import build_degradation  # noqa: E402
-from tests.degrade_params import paper_realesrgan_params  # noqa: E402
-
-A = torch.ops.aten
-# the same set as tests/test_degrade_device.py: ops whose result the host reads, or whose size depends on the data
-HOST_READS = {A._local_scalar_dense.default, A.nonzero.default, A.bincount.default, A.masked_select.default,
-              A._unique2.default, A.unique_consecutive.default, A.repeat_interleave.Tensor, A.argwhere.default}
-
-
-class HostReads(TorchDispatchMode):
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += func in HOST_READS
-        return func(*args, **(kwargs or {}))
-
-
-def photo_batch(n: int, size: int) -> torch.Tensor:
-    ims = [im for _, im in builtin_images("train")]
-    crops = [np.ascontiguousarray(ims[i % len(ims)][:size, :size]) for i in range(n)]
-    return torch.stack([torch.from_numpy(c).permute(2, 0, 1) for c in crops]).float() / 255
-
+from tests.degrade_params import OpLog, paper_realesrgan, photo_batch  # noqa: E402
 
 def degradation(backend: str, gt_patch: int, **over):
-    return build_degradation("realesrgan", 4, gt_patch, **{**paper_realesrgan_params(), "backend": backend, **over})
+    return paper_realesrgan(backend, gt_patch, **over)
 
 
 def sync_free(deg, hr, seeds, device) -> str:
@@ -78,12 +52,12 @@ def sync_free(deg, hr, seeds, device) -> str:
         finally:
             torch.cuda.set_sync_debug_mode("default")
         return "yes (set_sync_debug_mode error)"
-    reads = HostReads()
+    reads = OpLog()
     for s in seeds:
         p = deg.sample_params(hr.shape[0], torch.Generator().manual_seed(s))  # host draws: not counted
         with reads:
             deg.paired_crop(*deg.apply(hr, p), p)
-    return "yes (0 host reads, dispatch count)" if reads.count == 0 else f"no: {reads.count} host reads"
+    return "yes (0 host reads, dispatch count)" if reads.host_reads == 0 else f"no: {reads.host_reads} host reads"
 
 
 def lr_of(deg, hr, seed, quiet=False):

@@ -43,7 +43,7 @@ else
 fi
 
 echo "== 0. the degradation on the device" >&2
-timeout 240 "$PY" benchmarks/degradation_device.py --device "$DEVICE" "${DEGRADE[@]}" --json "$OUT/degrade.json" \
+timeout 150 "$PY" benchmarks/degradation_device.py --device "$DEVICE" "${DEGRADE[@]}" --json "$OUT/degrade.json" \
   >"$OUT/degrade.md" || echo "| degradation check | failed (see stderr) |" >"$OUT/degrade.md"
 
 echo "== 1-2. training it/s matrix and the share outside the model step" >&2
@@ -65,8 +65,8 @@ if [ $SMOKE = 0 ]; then
   for k in 1 2 4; do
     seeds=$(seq -s, 0 $((k - 1)))
     start=$(date +%s)
-    SR_OUTPUT_ROOT="$OUT/share$k" timeout 240 "$PY" -m sweeper -m launcher=local_parallel hydra.launcher.jobs_per_gpu=$k \
-      seed="$seeds" train.iterations=${SHARE_ITERS:-600} "train.scheduler.periods=[${SHARE_ITERS:-600}]" \
+    SR_OUTPUT_ROOT="$OUT/share$k" timeout 120 "$PY" -m sweeper -m launcher=local_parallel hydra.launcher.jobs_per_gpu=$k \
+      seed="$seeds" train.iterations=${SHARE_ITERS:-400} "train.scheduler.periods=[${SHARE_ITERS:-400}]" \
       "train.scheduler.restart_weights=[1]" train.val_every=100000 train.ckpt_every=100000 eval.max_images=1 \
       "eval.degradations=[clean]" logger.mode=disabled sweep_name=share$k >"$OUT/share$k.log" 2>&1 || true
     echo "{\"k\": $k, \"wall_s\": $(( $(date +%s) - start ))}" >>"$OUT/share.jsonl"

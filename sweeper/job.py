@@ -57,7 +57,7 @@ def run_job(cfg: DictConfig, job_dir: Path, job_name: str, tags: list[str]) -> d
             return _train_and_evaluate(cfg, job_dir, job_name, tags, status, stop)
         except (Interrupted, EvaluationStopped) as e:
             where_ = (f"at iteration {e.iteration}; state saved" if isinstance(e, Interrupted) else
-                      f"during evaluation after {len(e.rows)} images; those are kept")
+                      f"during evaluation ({e.suite} suite) after {len(e.rows)} images; those are kept")
             status.write(state="interrupted", reason=f"{signal.Signals(stop.signum).name} {where_}")
             log.warning("%s: %s", job_name, e)
             stop.hand_over()

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+import torch
 import yaml
+from torch.utils._python_dispatch import TorchDispatchMode
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 
@@ -25,3 +28,40 @@ def paper_geometry() -> dict:
     (train.patch_size of conf/train/paper.yaml, times scale), as a job passes them."""
     scale = _load("config.yaml")["scale"]
     return {"scale": scale, "gt_patch": _load("train/paper.yaml")["patch_size"] * scale}
+
+
+def paper_realesrgan(backend: str = "torch", gt_patch: int = 64, **over):
+    """The paper's realesrgan degradation at x4 with ``backend`` and any parameter overridden."""
+    from srcore.degrade import build_degradation
+    return build_degradation("realesrgan", 4, gt_patch, **{**paper_realesrgan_params(), "backend": backend, **over})
+
+
+def photo_batch(n: int = 4, size: int = 128) -> torch.Tensor:
+    """n float (N, 3, size, size) crops of the built-in training photographs, in [0, 1]."""
+    from srcore.data import builtin_images
+    ims = [im for _, im in builtin_images("train")]
+    crops = [np.ascontiguousarray(ims[i % len(ims)][:size, :size]) for i in range(n)]
+    return torch.stack([torch.from_numpy(c).permute(2, 0, 1) for c in crops]).float() / 255
+
+
+_A = torch.ops.aten
+# ops whose result the host must read, or whose output size depends on the data
+HOST_READS = frozenset({_A._local_scalar_dense.default, _A.nonzero.default, _A.bincount.default,
+                        _A.masked_select.default, _A._unique2.default, _A.unique_consecutive.default,
+                        _A.repeat_interleave.Tensor, _A.argwhere.default})
+
+
+class OpLog(TorchDispatchMode):
+    """Every aten op dispatched inside the block (``ops``) and how many were host reads."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    @property
+    def host_reads(self) -> int:
+        return sum(op in HOST_READS for op in self.ops)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.append(func)
+        return func(*args, **(kwargs or {}))

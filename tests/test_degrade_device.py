@@ -7,44 +7,16 @@ from __future__ import annotations
 import math
 import sys
 
-import numpy as np
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 import srcore.degrade.realesrgan as realesrgan
-from srcore.data import builtin_images
-from srcore.degrade import build_degradation, validate_degradation
+from srcore.degrade import validate_degradation
 from srcore.degrade.realesrgan import bucketed
-from tests.degrade_params import paper_realesrgan_params
-
-# ops whose result the host must read, or whose output size depends on the data
-HOST_READS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.nonzero.default,
-              torch.ops.aten.bincount.default, torch.ops.aten.masked_select.default,
-              torch.ops.aten._unique2.default, torch.ops.aten.unique_consecutive.default,
-              torch.ops.aten.repeat_interleave.Tensor, torch.ops.aten.argwhere.default}
-
-
-class OpLog(TorchDispatchMode):
-    """Every aten op dispatched inside the block."""
-
-    def __init__(self):
-        super().__init__()
-        self.ops = []
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops.append(func)
-        return func(*args, **(kwargs or {}))
-
+from tests.degrade_params import HOST_READS, OpLog, paper_realesrgan, paper_realesrgan_params, photo_batch
 
 def paper(backend="torch", **over):
-    return build_degradation("realesrgan", 4, 64, **{**paper_realesrgan_params(), "backend": backend, **over})
-
-
-def photo_batch(n=4, size=128) -> torch.Tensor:
-    ims = [im for _, im in builtin_images("train")]
-    crops = [np.ascontiguousarray(ims[i % len(ims)][:size, :size]) for i in range(n)]
-    return torch.stack([torch.from_numpy(c).permute(2, 0, 1) for c in crops]).float() / 255
+    return paper_realesrgan(backend, **over)
 
 
 def covering_params(deg, n=4, seeds=range(40)):
@@ -134,19 +106,15 @@ def test_the_per_batch_usm_kernel_is_not_copied_again_for_every_batch():
     params = covering_params(deg, n=2)
     deg.apply(hr, params[0])  # warm
 
-    class Copies(TorchDispatchMode):
-        def __init__(self):
-            super().__init__()
-            self.shapes = []
-
+    class Copies(OpLog):
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             if func is torch.ops.aten._to_copy.default:
-                self.shapes.append(tuple(args[0].shape))
+                self.ops.append(tuple(args[0].shape))
             return func(*args, **(kwargs or {}))
 
     with Copies() as log:
         deg.apply(hr, params[1])
-    assert (size,) not in log.shapes
+    assert (size,) not in log.ops
 
 
 # ------------------------------------------------------------------ bucketed resize sizes
@@ -208,3 +176,24 @@ def test_the_torch_pipeline_with_noise_matches_the_opencv_path_in_distribution()
     assert 0.9 < float(ratio.mean()) < 1.1, ratio
     assert float(ratio.min()) > 0.6 and float(ratio.max()) < 1.6, ratio
     assert float(std_c.mean()) * 255 > 3  # the noise is there to be compared
+
+
+def test_tf32_is_switched_through_the_current_api_and_restored():
+    """On CUDA the JPEG codec runs with TF32 off and the model step as train.tf32 says, through
+    PyTorch's fp32_precision settings where it has them (mixing them with allow_tf32 raises);
+    the settings are only set, never a CUDA call, so this runs on a CPU-only build too."""
+    from srcore.degrade.jpeg import exact_arithmetic
+    from srcore.tf32 import cuda_tf32
+
+    matmul = torch.backends.cuda.matmul
+    if not hasattr(matmul, "fp32_precision"):
+        pytest.skip("this torch has only the legacy allow_tf32 flags")
+    before = matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision
+    with cuda_tf32(torch.device("cuda"), True):
+        assert (matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == ("tf32", "tf32")
+        with exact_arithmetic(torch.device("cuda")):
+            assert (matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == ("ieee", "ieee")
+        assert matmul.fp32_precision == "tf32"
+    assert (matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == before
+    with cuda_tf32(torch.device("cpu"), True):
+        assert (matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == before

@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 
-import pytest
 import torch
 
 from hydra_plugins.sr_sweeper.launchers import final_state

@@ -97,6 +97,10 @@ def test_every_regularizer_is_the_identity_at_eval_on_the_new_backbones(name, kw
     x = torch.rand(2, 3, 16, 16)
     with torch.no_grad():
         assert torch.equal(m.eval()(x), plain.eval()(x))
+        torch.manual_seed(1)
+        acting = m.train()(x)
+        torch.manual_seed(1)
+        assert not torch.equal(acting, plain.train()(x))  # they are attached: they act in training
 
 
 # ---------------------------------------------------------------- Adaptive Dropout

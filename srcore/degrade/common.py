@@ -60,3 +60,9 @@ def paired_random_crop(hr: torch.Tensor, lr: torch.Tensor, gt_patch: int | None,
     if crop is None:
         return hr, lr
     return crop_pairs(hr, lr, crop.tops, crop.lefts, gt_patch // scale, scale)
+
+
+def noise_generator(device: torch.device, seed: int) -> torch.Generator:
+    """The private generator of a batch's noise realisations, on the images' device (the
+    degradation's own generator stays on the host: it draws the seed)."""
+    return torch.Generator(device=device).manual_seed(seed)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 
 from srcore.degrade.base import Degradation
-from srcore.degrade.common import Crop, bicubic_down, paired_random_crop, quantize
+from srcore.degrade.common import Crop, bicubic_down, noise_generator, paired_random_crop, quantize
 from srcore.degrade.filtering import filter2d
 from srcore.imageio import jpeg_roundtrip
 
@@ -64,7 +64,11 @@ class SimpleMulti(Degradation):
             blurred = filter2d(x, gaussian_kernels(sigma.to(x.device)))
             x = torch.where(blur_on.to(x.device)[:, None, None, None], blurred, x)
         x = bicubic_down(x, self.scale)
-        noise = torch.randn(x.shape, generator=g, device=g.device).to(x.device)
+        if x.device.type == "cpu":
+            noise = torch.randn(x.shape, generator=g, device=g.device)
+        else:  # drawn where the images are, from a seed of the host generator: no LR-sized copy
+            seed = int(torch.randint(0, 2**62, (1,), generator=g).item())
+            noise = torch.randn(x.shape, generator=noise_generator(x.device, seed), device=x.device)
         scale = (noise_sigma * noise_on).to(x.device)[:, None, None, None]
         x = quantize(x + noise * scale)
         if jpeg_on.any():

@@ -75,7 +75,7 @@ import numpy as np
 import torch
 
 from srcore.degrade.base import Degradation
-from srcore.degrade.common import Crop, crop_pairs, quantize
+from srcore.degrade.common import Crop, crop_pairs, noise_generator, quantize
 from srcore.degrade.filtering import filter2d
 from srcore.degrade.jpeg import jpeg_compress
 from srcore.degrade.kernels import (final_sinc_kernels, kernels_from_params, pulse_kernels, sample_final_sinc_params,
@@ -95,18 +95,15 @@ def bucketed(size: int, bucket: int) -> int:
 
 def params_to(params, device: torch.device):
     """A copy of ``sample_params``'s dict with every tensor on ``device`` (non-blocking host to
-    device copies: the host does not wait); the same objects where they are there already. A copy
+    device copies: the host does not wait for the device's queue to drain, though a copy from
+    ordinary, unpinned memory is staged by the driver first -- a few hundred bytes here); the
+    same objects where they are there already. A copy
     to the CPU (parameters drawn on a GPU, images on the CPU) blocks: the host reads it at once."""
     if isinstance(params, dict):
         return {k: params_to(v, device) for k, v in params.items()}
     if isinstance(params, torch.Tensor) and params.device != device:
         return params.to(device, non_blocking=device.type != "cpu")
     return params
-
-
-def noise_generator(device: torch.device, seed: int) -> torch.Generator:
-    """The private generator of a batch's noise realisations, on the images' device."""
-    return torch.Generator(device=device).manual_seed(seed)
 
 
 class RealESRGANDegradation(Degradation):

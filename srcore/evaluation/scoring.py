@@ -33,9 +33,9 @@ class EvaluationStopped(Exception):
     """Evaluation stopped on request between two images; ``rows`` are the images scored so far
     (pass them back as ``done`` to continue where it stopped)."""
 
-    def __init__(self, rows: list[dict]):
-        super().__init__(f"evaluation stopped on request after {len(rows)} scored images")
-        self.rows = rows
+    def __init__(self, rows: list[dict], suite: str = "paper"):
+        super().__init__(f"evaluation ({suite} suite) stopped on request after {len(rows)} scored images")
+        self.rows, self.suite = rows, suite
 
 
 def super_resolve(model: torch.nn.Module, lr_uint8: np.ndarray, device: torch.device) -> np.ndarray:

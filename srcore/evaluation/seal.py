@@ -163,7 +163,7 @@ def evaluate_cases(model: torch.nn.Module, cases: Iterable[EvalCase], device: to
         for batch in _batches([(k, c) for k, c in enumerate(cases) if k not in scored], batch_size):
             if should_stop():
                 scored.update((k, fut.result()) for k, fut in pending)
-                raise EvaluationStopped([scored[k] for k in sorted(scored)])
+                raise EvaluationStopped([scored[k] for k in sorted(scored)], suite="seal")
             srs = super_resolve_batch(model, [c.lr for _, c in batch], device)
             for (k, case), sr in zip(batch, srs):
                 if workers > 0:
