@@ -258,3 +258,30 @@ def test_a_failed_slurm_job_is_reported_with_its_final_state():
     # no record at all: nothing to wait for
     job = SacctAnswers({})
     assert final_state(job, wait_s=10, poll_s=0) == "UNKNOWN" and job.calls == 1
+
+
+def test_a_slurm_task_given_up_on_is_collected_as_its_packs_results_or_failures(monkeypatch):
+    """wait_for_result can give up on a task whose result then turns up (accounting lagging a
+    requeue; seen in CI): collect returns the pack's JobReturns as they are. A task with no
+    result gives one failed JobReturn per job of its pack, each naming the final state."""
+    import hydra_plugins.sr_sweeper.launchers as launchers
+    from hydra.core.utils import JobReturn, JobStatus
+    from hydra_plugins.sr_sweeper.worker_slots import job_error
+
+    pack = [["dropout.p=0.1"], ["dropout.p=0.4"]]
+    done = [JobReturn(overrides=o, status=JobStatus.COMPLETED) for o in pack]
+
+    class Task:
+        def __init__(self, results):
+            self._results, self.paths = results, type("P", (), {"stderr": "/x/log.err"})()
+
+        def results(self):
+            if isinstance(self._results, Exception):
+                raise self._results
+            return [self._results]
+
+    assert launchers.collect(Task(done), pack) is done
+    monkeypatch.setattr(launchers, "final_state", lambda task: "CANCELLED by 0")
+    failed = launchers.collect(Task(RuntimeError("no result")), pack)
+    assert [r.overrides for r in failed] == pack and all(r.status == JobStatus.FAILED for r in failed)
+    assert "state: CANCELLED by 0" in str(job_error(failed[1]))

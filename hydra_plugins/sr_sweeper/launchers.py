@@ -26,7 +26,7 @@ from hydra.core.utils import JobReturn, JobStatus, filter_overrides
 from hydra.plugins.launcher import Launcher
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 from hydra_plugins.sr_sweeper.slurm_queue import QueueWatch
-from hydra_plugins.sr_sweeper.worker_slots import WorkerSlots, failed_return, job_error, use_threads
+from hydra_plugins.sr_sweeper.worker_slots import WorkerSlots, failed_return, use_threads
 from sweeper.jobstate import MANIFEST, STATUS, read_json, read_results
 from sweeper.naming import result_overrides
 from sweeper.preflight import check_slurm_request, slurm_request
@@ -35,18 +35,21 @@ from sweeper.status import NOT_OVER, cluster_states, job_key, live_tasks, record
 log = logging.getLogger(__name__)
 
 
-def collect(job, overrides: Sequence[str]) -> JobReturn:
-    """The job's JobReturn, or a failed one saying why there is none (killed, cancelled...)."""
+def collect(task, overrides: Sequence[Sequence[str]]) -> list[JobReturn]:
+    """The JobReturns of a task's jobs (its pack: one per entry of ``overrides``), or failed
+    ones saying why there are none (killed, cancelled...). A result can turn up after
+    ``wait_for_result`` gave up on it (accounting lagging behind a requeue): it is used."""
     try:
-        return job.results()[0]
+        return task.results()[0]
     except Exception as e:  # submitit's FailedJobError / UncompletedJobError
         try:
-            state = final_state(job)  # e.g. "CANCELLED by 0", "TIMEOUT", "OUT_OF_MEMORY"
+            state = final_state(task)  # e.g. "CANCELLED by 0", "TIMEOUT", "OUT_OF_MEMORY"
         except Exception:  # noqa: BLE001 - the state is only a detail of the message
             state = "UNKNOWN"
         detail = " ".join(str(e).split())
-        return failed_return(overrides, RuntimeError(
-            f"job process ended without a result (state: {state}); logs: {job.paths.stderr}; submitit: {detail}"))
+        error = RuntimeError(f"job process ended without a result (state: {state}); logs: {task.paths.stderr}; "
+                             f"submitit: {detail}")
+        return [failed_return(o, error) for o in overrides]
 
 
 def visible_gpus() -> list[str]:
@@ -200,8 +203,7 @@ class SlurmLauncher(BaseSubmititLauncher):
                 try:
                     returns = wait_for_result(task)
                 except Exception:  # the task died: every job of it without a result is failed
-                    failed = collect(task, overrides[0])
-                    returns = [failed_return(o, job_error(failed)) for o in overrides]
+                    returns = collect(task, overrides)
                 results.update(zip(pack, returns))
             for i, task in queued.items():
                 results[i] = wait_for_queued(task, job_overrides[i], sweep_dir, self.queue_poll_s)

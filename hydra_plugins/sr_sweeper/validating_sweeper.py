@@ -31,7 +31,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobStatus
 from omegaconf import OmegaConf
 
-from hydra_plugins.sr_sweeper.launchers import LocalParallelLauncher, job_error
+from hydra_plugins.sr_sweeper.launchers import LocalParallelLauncher
+from hydra_plugins.sr_sweeper.worker_slots import job_error
 from hydra_plugins.sr_sweeper.sweep_lock import SweepLock
 from sweeper.background import relaunch_in_background
 from sweeper.jobstate import MANIFEST, is_done, job_labels, read_json, record_failure, write_json
