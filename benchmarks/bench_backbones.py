@@ -20,6 +20,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 from srcore.models import build_model  # noqa: E402
+from srcore.tf32 import cuda_tf32  # noqa: E402
 
 CONF = ROOT / "conf"
 
@@ -83,8 +84,6 @@ def main(argv=None) -> int:
     device = torch.device(args.device)
     precisions = args.precisions.split(",")
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # fp32 means fp32
     print(f"device: {name}; batch {args.batch}, LR patch {args.patch}, {args.steps} timed steps after "
           f"{args.warmup}; torch {torch.__version__}{' (preset=smoke sizes)' if args.small else ''}")
     print("| backbone | parameters | " + " | ".join(f"train it/s ({p})" for p in precisions) + " |")
@@ -93,7 +92,8 @@ def main(argv=None) -> int:
         torch.manual_seed(0)
         model = build_model(**model_args(backbone, args.small)).to(device)
         n = sum(p.numel() for p in model.parameters())
-        its = [train_its(model, device, args.batch, args.patch, p, args.steps, args.warmup) for p in precisions]
+        with cuda_tf32(device, False):  # fp32 means fp32
+            its = [train_its(model, device, args.batch, args.patch, p, args.steps, args.warmup) for p in precisions]
         print(f"| {backbone} | {n:,} | " + " | ".join(f"{v:.2f}" for v in its) + " |", flush=True)
         del model
         if device.type == "cuda":

@@ -293,7 +293,8 @@ def train(
             for r in regularizers:
                 r.set_iteration(iteration)
             hr, lr_img = _training_batch(hr_uint8, degrade, gen, views, device, cfg.channels_last)
-            with _tf32(device, cfg.tf32):
+            # TF32 (train.tf32) inside the model step only: the degradation's JPEG codec must not round through it
+            with cuda_tf32(device, cfg.tf32):
                 with torch.autocast(**autocast):
                     loss, terms = regularized_loss(forward(lr_img), hr, regularizers, taps)
                 state.opt.zero_grad(set_to_none=True)
@@ -314,12 +315,6 @@ def train(
         model.to(memory_format=torch.contiguous_format)
         state.ema.to(memory_format=torch.contiguous_format)
     return state.ema if cfg.ema_decay > 0 else model
-
-
-def _tf32(device: torch.device, enabled: bool):
-    """TF32 for the CUDA matmuls and convolutions inside the block only (the model step), fp32
-    everywhere else (the degradation's JPEG codec must not round through TF32)."""
-    return cuda_tf32(device, enabled)
 
 
 class LossWindow:

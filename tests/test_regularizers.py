@@ -22,6 +22,7 @@ from srcore.regularizers.droppath import DropPathLayer
 from srcore.regularizers.sites import site_names
 from srcore.train import Interrupted, TrainSettings, degraded_views, train
 from tests.conftest import ROOT, TINY
+from tests.test_backbones import TINY_SWIN
 from tests.degrade_params import paper_realesrgan_params
 
 CONF = ROOT / "conf" / "regularizer"
@@ -77,7 +78,6 @@ def test_every_regularizer_is_the_identity_at_eval(name):
         assert not torch.equal(m.train()(x), plain(x))  # and they do act in training
 
 
-TINY_SWIN = dict(embed_dim=12, depths=[2, 2], num_heads=[2, 3], window_size=8, img_size=16)
 
 
 @pytest.mark.parametrize("name, kwargs", [

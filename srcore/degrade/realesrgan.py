@@ -94,11 +94,11 @@ def bucketed(size: int, bucket: int) -> int:
 
 
 def params_to(params, device: torch.device):
-    """A copy of ``sample_params``'s dict with every tensor on ``device`` (non-blocking host to
-    device copies: the host does not wait for the device's queue to drain, though a copy from
-    ordinary, unpinned memory is staged by the driver first -- a few hundred bytes here); the
-    same objects where they are there already. A copy
-    to the CPU (parameters drawn on a GPU, images on the CPU) blocks: the host reads it at once."""
+    """A copy of ``sample_params``'s dict with every tensor on ``device``; the same objects where
+    they are there already. Copies to a device are non-blocking: the host does not wait for the
+    device's queue to drain (a copy from unpinned memory is staged by the driver first -- a few
+    hundred bytes here). A copy to the CPU (parameters drawn on a GPU, images on the CPU) blocks:
+    the host reads it at once."""
     if isinstance(params, dict):
         return {k: params_to(v, device) for k, v in params.items()}
     if isinstance(params, torch.Tensor) and params.device != device:
