@@ -66,7 +66,8 @@ def worker(args) -> dict:
                     periods=(total,), restart_weights=(1,), eta_min=1e-7, ema_decay=0.999, seed=0,
                     log_every=total, val_every=total, ckpt_every=total, num_workers=0, device=args.device)
     fields = {f.name for f in dataclasses.fields(TrainSettings)}
-    speed = dict(precision=precision, channels_last=channels_last, compile=compile_, tf32=args.tf32)
+    speed = dict(precision=precision, channels_last=channels_last, compile=compile_, tf32=args.tf32, cuda_graph=False,
+                 superbatch=1, prefetch=0)
     if args.worker.startswith("new"):
         missing = [k for k in speed if k not in fields]
         if missing:

@@ -30,7 +30,8 @@ def run(regs, patches, deg, ckpt: Path, stop_at: int | None = None, device: str 
     s = TrainSettings(iterations=20, batch_size=8, lr=2e-4, betas=(0.9, 0.99), weight_decay=0.0, periods=(20,),
                       restart_weights=(1.0,), eta_min=1e-7, ema_decay=0.999, seed=0, log_every=10, val_every=100,
                       ckpt_every=10, num_workers=0, device=device,
-                      precision="fp32", tf32=False, channels_last=False, compile=False)
+                      precision="fp32", tf32=False, channels_last=False, compile=False, cuda_graph=False,
+                      superbatch=1, prefetch=0)
     logs = []
     try:
         train(model, patches, deg, s, ckpt, log_metrics=lambda d, i: logs.append(d),

@@ -146,28 +146,69 @@ class TrainPatches(Dataset):
         return sum(im.numel() for im in self.images)
 
     def to(self, device: torch.device | str) -> "TrainPatches":
-        """Move the images (uint8) to ``device``: crops are then cut there, from the same
-        counter-based positions (resume stays exact), and only crop indices cross the bus. The
-        host copies are released."""
-        self.images = [im.to(device) for im in self.images]
+        """Move the images (uint8) to ``device``, packed in one buffer: crops are then cut there,
+        from the same counter-based positions (resume stays exact), by one gather per batch
+        (``batch``); only the crops' positions cross the bus. The host copies are released."""
+        device = torch.device(device)
+        store = torch.empty(self.nbytes(), dtype=torch.uint8, device=device)
+        offsets, widths, views, at = [], [], [], 0
+        for im in self.images:  # CHW views of HWC memory (from_numpy(...).permute): packed as HWC
+            c, h, w = im.shape
+            hwc = store[at:at + im.numel()].view(h, w, c)
+            hwc.copy_(im.permute(1, 2, 0))
+            views.append(hwc.permute(2, 0, 1))
+            offsets.append(at)
+            widths.append(w)
+            at += im.numel()
+        self.images = views
+        self._store = (store, np.array(offsets, dtype=np.int64), np.array(widths, dtype=np.int64))
         return self
 
     @property
     def device(self) -> torch.device:
         return self.images[0].device
 
+    @property
+    def packed(self) -> bool:
+        """Whether the images sit in one buffer (``to``), so ``batch`` cuts a batch in one gather."""
+        return getattr(self, "_store", None) is not None
+
     def __len__(self) -> int:
         return 2**62  # keys are unbounded; the sampler decides which ones are drawn
 
-    def __getitem__(self, key: int) -> torch.Tensor:
+    def draw(self, key: int) -> tuple[int, int, int, bool]:
+        """Where sample ``key`` is cut: (image index, top, left, horizontal flip)."""
         rng = np.random.default_rng([self.seed, key])
-        img = self.images[rng.integers(len(self.images))]
-        _, h, w = img.shape
-        top, left = rng.integers(h - self.patch + 1), rng.integers(w - self.patch + 1)
-        crop = img[:, top:top + self.patch, left:left + self.patch]
-        if self.hflip and rng.random() < 0.5:
+        index = int(rng.integers(len(self.images)))
+        _, h, w = self.images[index].shape
+        top, left = int(rng.integers(h - self.patch + 1)), int(rng.integers(w - self.patch + 1))
+        return index, top, left, bool(self.hflip and rng.random() < 0.5)
+
+    def __getitem__(self, key: int) -> torch.Tensor:
+        index, top, left, flip = self.draw(key)
+        crop = self.images[index][:, top:top + self.patch, left:left + self.patch]
+        if flip:
             crop = crop.flip(-1)
         return crop.contiguous()
+
+    def batch(self, keys) -> torch.Tensor:
+        """The crops of ``keys`` as one (B, 3, patch, patch) uint8 batch, equal to stacking
+        ``self[key]`` (what a DataLoader collates). Packed images (``to``): the positions and
+        flips are drawn on the host, as ``self[key]`` draws them, and the crops gathered on the
+        device in a fixed handful of operations whatever B."""
+        draws = [self.draw(k) for k in keys]
+        if not self.packed:
+            return torch.stack([self[k] for k in keys])
+        store, offsets, widths = self._store
+        index, top, left, flip = (np.array(v, dtype=np.int64) for v in zip(*draws))
+        row = widths[index] * 3  # HWC: one image row is 3 * width bytes
+        base = offsets[index] + top * row + left * 3
+        where = torch.from_numpy(np.stack([base, row, flip])).to(store.device, non_blocking=True)
+        p = torch.arange(self.patch, device=store.device)
+        xs = torch.where(where[2, :, None].bool(), self.patch - 1 - p, p) * 3  # (B, P): mirrored columns
+        at = (where[0, :, None, None, None] + torch.arange(3, device=store.device)[:, None, None]
+              + p[:, None] * where[1, :, None, None, None] + xs[:, None, None, :])
+        return store[at]
 
 
 class KeyRange(Sampler):

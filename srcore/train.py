@@ -26,22 +26,20 @@ from __future__ import annotations
 
 import copy
 import logging
+import math
 import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
-from torch.utils.data import DataLoader
 
-from srcore.data import KeyRange, TrainPatches
+from srcore.data import TrainPatches
 from srcore.models.checkpoint import CheckpointError
-from srcore.regularizers import Regularizer
 from srcore.schedule import CosineAnnealingRestartLR, ema_update
-from srcore.tf32 import cuda_tf32
+from srcore.train_batches import Batch, Degrade, Resume, TrainingBatches, degraded_views  # noqa: F401 (public)
 from srcore.train_checkpoint import (
     previous_checkpoint,
     read_latest_checkpoint,
@@ -50,10 +48,9 @@ from srcore.train_checkpoint import (
     rng_states,
     write_checkpoint,
 )
+from srcore.train_step import CudaGraphStep, EagerStep, SiteOutputs, regularized_loss  # noqa: F401 (public)
 
 log = logging.getLogger(__name__)
-
-Degrade = Callable[[torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 
 
 class Interrupted(Exception):
@@ -89,6 +86,9 @@ class TrainSettings:
     tf32: bool                    # CUDA only: TF32 matmuls/convolutions in the model step
     channels_last: bool
     compile: bool
+    cuda_graph: bool              # CUDA only: forward + loss + backward replayed from one CUDA graph
+    superbatch: int               # batches degraded per call of the degradation
+    prefetch: int                 # batches made ahead of the step by a background thread (0: none)
 
 
 PRECISIONS = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -115,6 +115,7 @@ class TrainingState:
         self.sched = CosineAnnealingRestartLR(self.opt, cfg.periods, cfg.restart_weights, cfg.eta_min)
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.precision == "fp16")
         self.ema_decay = cfg.ema_decay
+        self.degradation_resume: Resume | None = None  # set by the loop after each iteration
 
     def apply_gradients(self) -> None:
         """The optimizer step (through the fp16 scaler, which skips a step with non-finite
@@ -124,13 +125,14 @@ class TrainingState:
         self.sched.step()
         ema_update(self.ema, self.model, self.ema_decay)
 
-    def resume(self, checkpoint: Path) -> int:
-        """Load the newest readable checkpoint (``read_latest_checkpoint``); the iteration it was
-        taken at, 0 if there is none."""
+    def resume(self, checkpoint: Path) -> tuple[int, int | None]:
+        """Load the newest readable checkpoint (``read_latest_checkpoint``): (the iteration it was
+        taken at, 0 if there is none; the first iteration the degradation's restored generator
+        draws for, None when that is the next one)."""
         checkpoint = Path(checkpoint)
         state, path = read_latest_checkpoint(checkpoint)
         if state is None:
-            return 0
+            return 0, None
         try:
             self.model.load_state_dict(state["model"])
             self.ema.load_state_dict(state["ema"])
@@ -144,17 +146,22 @@ class TrainingState:
                                   f"({str(e).strip().splitlines()[0][:200]}); delete {checkpoint.name} and "
                                   f"{previous_checkpoint(checkpoint).name} to train from scratch") from None
         log.info("resumed from %s at iteration %d", path, state["iteration"])
-        return state["iteration"]
+        return state["iteration"], state["rng"].get("degradation_from")
 
     def save(self, checkpoint: Path, iteration: int) -> None:
         """Write the state; refuses (``FloatingPointError``) when a weight of the model or its
-        EMA is not finite, so the last good checkpoint stays the one a rerun resumes from."""
+        EMA is not finite, so the last good checkpoint stays the one a rerun resumes from. The
+        degradation's generator is saved as the batches left it for the next iteration
+        (``srcore.train_batches``: it may have drawn ahead)."""
         if not weights_finite(self.model, self.ema):
             raise FloatingPointError(f"the weights are not finite after iteration {iteration}; no checkpoint "
                                      f"written (the last one kept)")
+        rng = rng_states(self.gen)
+        if self.degradation_resume is not None:
+            rng["degradation"] = self.degradation_resume.state
+            rng["degradation_from"] = self.degradation_resume.iteration
         state = {"iteration": iteration, "model": self.model.state_dict(), "ema": self.ema.state_dict(),
-                 "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(),
-                 "rng": rng_states(self.gen)}
+                 "optimizer": self.opt.state_dict(), "scheduler": self.sched.state_dict(), "rng": rng}
         if self.scaler.is_enabled():
             state["scaler"] = self.scaler.state_dict()
         write_checkpoint(checkpoint, state)
@@ -164,56 +171,6 @@ def weights_finite(*models: torch.nn.Module) -> bool:
     """Whether every floating-point parameter and buffer of the models is finite (one host read)."""
     tensors = [t for m in models for t in (*m.parameters(), *m.buffers()) if t.is_floating_point()]
     return bool(torch.stack([torch.isfinite(t).all() for t in tensors]).all()) if tensors else True
-
-
-def degraded_views(degrade: Degrade, hr: torch.Tensor, gen: torch.Generator, views: int):
-    """``(hr, lr)`` for a batch of GT patches: ``views`` independently degraded LR views of each,
-    view-major along the batch, with ``hr`` repeated to match. Views of one GT patch share its
-    crop (``srcore.degrade.Degradation.views``); all draws come from ``gen``, so resume is exact."""
-    if views == 1:
-        return degrade(hr, gen)
-    if not hasattr(degrade, "views"):
-        raise TypeError(f"{views} degraded views per GT patch need a srcore.degrade.Degradation "
-                        f"(its views method shares one crop between them), got {degrade!r}")
-    return degrade.views(hr, gen, views)
-
-
-def _training_batch(hr_uint8: torch.Tensor, degrade: Degrade, gen: torch.Generator, views: int,
-                    device: torch.device, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(hr, lr)`` on the device for a loader batch of uint8 GT patches: scaled to [0, 1] and
-    degraded (``degraded_views``); the LR batch NHWC when the network trains channels_last."""
-    hr = hr_uint8.to(device, non_blocking=True).float().div_(255)
-    hr, lr_img = degraded_views(degrade, hr, gen, views)
-    if channels_last:
-        lr_img = lr_img.contiguous(memory_format=torch.channels_last)
-    return hr, lr_img
-
-
-class SiteOutputs:
-    """Keeps the outputs of the named sites from each forward pass (for regularisers' losses)."""
-
-    def __init__(self, model: torch.nn.Module, sites: Sequence[str]):
-        self.features: dict[str, torch.Tensor] = {}
-        modules = model.site_modules() if sites else {}
-        self.handles = [modules[s].register_forward_hook(
-            lambda module, inputs, output, s=s: self.features.__setitem__(s, output)) for s in sites]
-
-    def close(self) -> None:
-        for h in self.handles:
-            h.remove()
-
-
-def regularized_loss(sr, hr, regularizers: Sequence[Regularizer], taps: SiteOutputs):
-    """L1 plus every regulariser's extra term; ``(loss, {"<name>_loss": term})``. The L1 is taken
-    in fp32 whatever the precision of ``sr``."""
-    loss = F.l1_loss(sr.float(), hr)
-    terms = {}
-    for r in regularizers:
-        term = r.extra_loss(sr, hr, taps.features)
-        if term is not None:
-            terms[f"{r.name}_loss"] = term
-            loss = loss + term
-    return loss, terms
 
 
 def _seed(seed: int) -> torch.Generator:
@@ -244,14 +201,17 @@ def _place_images(patches: TrainPatches, cfg: TrainSettings, device: torch.devic
                  "copied from pinned memory", patches.nbytes() / 1e9, 100 * RESIDENT_SHARE, free / 1e9, device)
 
 
-def _loader(patches: TrainPatches, cfg: TrainSettings, start: int, device: torch.device) -> DataLoader:
-    on_host = getattr(patches, "device", torch.device("cpu")).type == "cpu"
-    return DataLoader(patches, batch_size=cfg.batch_size, sampler=KeyRange(start, cfg.iterations, cfg.batch_size),
-                      num_workers=cfg.num_workers, pin_memory=device.type == "cuda" and on_host, drop_last=True,
-                      persistent_workers=False,
-                      # its own generator: creating the iterator must not consume the global RNG
-                      # that drives dropout (a resumed run would be shifted by one draw)
-                      generator=torch.Generator().manual_seed(cfg.seed))
+def _model_step(state: TrainingState, model: torch.nn.Module, cfg: TrainSettings, device: torch.device, taps,
+                first: Batch):
+    """The step: eager, or on CUDA with ``cuda_graph`` its forward and backward replayed from a
+    CUDA graph (``srcore.train_step``); ``first`` gives the static buffers' shapes."""
+    forward = torch.compile(model) if cfg.compile else model
+    autocast = dict(device_type=device.type, dtype=PRECISIONS[cfg.precision] or torch.float32,
+                    enabled=PRECISIONS[cfg.precision] is not None)
+    eager = EagerStep(state, forward, getattr(model, "regularizers", ()), taps, autocast, device, cfg.tf32)
+    if device.type == "cuda" and cfg.cuda_graph:
+        return CudaGraphStep(eager, first.hr, first.lr)
+    return eager
 
 
 def train(
@@ -276,31 +236,25 @@ def train(
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last)
     state = TrainingState(model, cfg, gen)
-    start = state.resume(checkpoint)
+    start, degradation_from = state.resume(checkpoint)
     regularizers = tuple(getattr(model, "regularizers", ()))
-    views = max((r.views for r in regularizers), default=1)
     taps = SiteOutputs(model, sorted({s for r in regularizers for s in r.tapped_sites}))
     _place_images(patches, cfg, device)
-    loader = _loader(patches, cfg, start, device)
-    forward = torch.compile(model) if cfg.compile else model
-    autocast = dict(device_type=device.type, dtype=PRECISIONS[cfg.precision] or torch.float32,
-                    enabled=PRECISIONS[cfg.precision] is not None)
-    window = LossWindow(device, start)
+    batches = TrainingBatches(patches, degrade, gen, batch_size=cfg.batch_size, iterations=cfg.iterations,
+                              start=start, device=device, views=max((r.views for r in regularizers), default=1),
+                              channels_last=cfg.channels_last, superbatch=cfg.superbatch, prefetch=cfg.prefetch,
+                              num_workers=cfg.num_workers, seed=cfg.seed, resume_from=degradation_from)
+    window = LossWindow(device, start, min(cfg.log_every, cfg.iterations))
     model.train()
-    t0, seen = time.perf_counter(), 0
+    step, t0, seen = None, time.perf_counter(), 0
     try:
-        for iteration, hr_uint8 in enumerate(loader, start=start + 1):
+        for batch in batches:
+            iteration = batch.iteration
             for r in regularizers:
                 r.set_iteration(iteration)
-            hr, lr_img = _training_batch(hr_uint8, degrade, gen, views, device, cfg.channels_last)
-            # TF32 (train.tf32) inside the model step only: the degradation's JPEG codec must not round through it
-            with cuda_tf32(device, cfg.tf32):
-                with torch.autocast(**autocast):
-                    loss, terms = regularized_loss(forward(lr_img), hr, regularizers, taps)
-                state.opt.zero_grad(set_to_none=True)
-                state.scaler.scale(loss).backward()
-            state.apply_gradients()
-
+            step = step or _model_step(state, model, cfg, device, taps, batch)
+            loss, terms = step(batch.hr, batch.lr)
+            state.degradation_resume = batch.resume
             window.add(iteration, loss)  # on the device: no wait for the step to finish
             seen += 1
             if iteration % cfg.log_every == 0 or iteration == cfg.iterations:
@@ -310,6 +264,7 @@ def train(
             _validate_save_stop(state, cfg, Path(checkpoint), iteration, log_metrics, validate, on_iteration,
                                 should_stop, window)
     finally:
+        batches.close()
         taps.close()
     if cfg.channels_last:  # what the job saves and evaluates: the usual layout, whatever trained it
         model.to(memory_format=torch.contiguous_format)
@@ -319,26 +274,27 @@ def train(
 
 class LossWindow:
     """Finiteness of the losses since the last check, kept on the training device: the loop
-    never waits for the device to know it. ``check`` (at log, validation and checkpoint steps)
+    never waits for the device to know it. Each loss is copied into a buffer (one launch per
+    iteration); ``check`` (at log, validation and checkpoint steps, and when the buffer is full)
     reads it once and raises ``FloatingPointError`` naming the first non-finite iteration."""
 
-    def __init__(self, device: torch.device, start: int):
-        self.first_bad = torch.zeros((), dtype=torch.int64, device=device)  # 0: every loss finite
-        self.bad_value = torch.zeros((), dtype=torch.float32, device=device)
-        self.since = start + 1
+    def __init__(self, device: torch.device, start: int, capacity: int):
+        self.losses = torch.zeros(max(1, capacity), dtype=torch.float32, device=device)
+        self.since, self.count = start + 1, 0
 
     def add(self, iteration: int, loss: torch.Tensor) -> None:
-        loss = loss.detach().float()
-        new = torch.logical_and(~torch.isfinite(loss), self.first_bad == 0)
-        self.first_bad = torch.where(new, iteration, self.first_bad)
-        self.bad_value = torch.where(new, loss, self.bad_value)
+        if self.count == len(self.losses):
+            self.check(iteration - 1)
+        self.losses[self.count].copy_(loss.detach())
+        self.count += 1
 
     def check(self, iteration: int) -> None:
-        first = int(self.first_bad)
-        if first:
-            raise FloatingPointError(f"loss is {float(self.bad_value)} at iteration {first} (found at iteration "
+        if self.count and not bool(torch.isfinite(self.losses[:self.count]).all()):  # the one host read
+            values = self.losses[:self.count].tolist()
+            bad = next(k for k, v in enumerate(values) if not math.isfinite(v))
+            raise FloatingPointError(f"loss is {values[bad]} at iteration {self.since + bad} (found at iteration "
                                      f"{iteration}, checking iterations {self.since}-{iteration})")
-        self.since = iteration + 1
+        self.since, self.count = iteration + 1, 0
 
 
 def _log_progress(state: TrainingState, cfg: TrainSettings, iteration: int, loss_value: float, terms: dict,

@@ -102,7 +102,8 @@ def train_settings(cfg: DictConfig) -> TrainSettings:
         restart_weights=tuple(t.scheduler.restart_weights), eta_min=t.scheduler.eta_min,
         ema_decay=t.ema_decay, seed=cfg.seed, log_every=t.log_every, val_every=t.val_every,
         ckpt_every=t.ckpt_every, num_workers=cfg.data.num_workers, device=str(resolve_device(t.device)),
-        precision=t.precision, tf32=t.tf32, channels_last=t.channels_last, compile=t.compile)
+        precision=t.precision, tf32=t.tf32, channels_last=t.channels_last, compile=t.compile,
+        cuda_graph=t.cuda_graph, superbatch=t.superbatch, prefetch=t.prefetch)
 
 
 def trial_reporter(cfg: DictConfig):

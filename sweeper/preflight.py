@@ -129,9 +129,12 @@ def _validate_speed(t) -> None:
     from srcore.train import PRECISIONS
     if t.precision not in PRECISIONS:
         raise PreflightError(f"train.precision={t.precision!r} is unknown; allowed: {', '.join(PRECISIONS)}")
-    for key in ("tf32", "channels_last", "compile"):
+    for key in ("tf32", "channels_last", "compile", "cuda_graph"):
         if not isinstance(t[key], bool):
             raise PreflightError(f"train.{key}={t[key]!r} must be true or false")
+    _positive_int("train.superbatch", t.superbatch)
+    if isinstance(t.prefetch, bool) or not isinstance(t.prefetch, int) or t.prefetch < 0:
+        raise PreflightError(f"train.prefetch={t.prefetch!r} must be an integer >= 0 (batches made ahead; 0: none)")
 
 
 def _validate_budget(cfg: DictConfig) -> None:

@@ -20,7 +20,7 @@ def settings(**kw) -> TrainSettings:
     base = dict(iterations=12, batch_size=2, lr=2e-4, betas=(0.9, 0.99), weight_decay=0.0, periods=(6, 6),
                 restart_weights=(1, 0.5), eta_min=1e-7, ema_decay=0.9, seed=0, log_every=1, val_every=100,
                 ckpt_every=4, num_workers=0, device="cpu", precision="fp32", tf32=False, channels_last=False,
-                compile=False)
+                compile=False, cuda_graph=True, superbatch=1, prefetch=0)
     return TrainSettings(**{**base, **kw})
 
 
@@ -120,10 +120,12 @@ def test_compiled_steps_agree_with_eager_steps(tmp_path):
 
 
 # ------------------------------------------------------------------ no host sync per iteration
+LOOP_FILES = ("srcore/train.py", "srcore/train_step.py", "srcore/train_batches.py", "srcore/schedule.py")
+
+
 class HostReads(TorchDispatchMode):
     """Counts the reads of a tensor's value by the host (``aten._local_scalar_dense``: ``item``,
-    ``float``, ``bool``, ``int``) made by the training loop itself (srcore/train.py,
-    srcore/schedule.py): on a GPU each is a wait for the device. Host-side bookkeeping tensors
+    ``float``, ``bool``, ``int``) made by the training loop itself (``LOOP_FILES``): on a GPU each is a wait for the device. Host-side bookkeeping tensors
     are left out: Adam's step counters (on the host unless fused) and the DataLoader's seed."""
 
     def __init__(self):
@@ -137,7 +139,7 @@ class HostReads(TorchDispatchMode):
                 if "/torch/optim/" in frame.f_code.co_filename or "/torch/utils/data/" in frame.f_code.co_filename:
                     return func(*args, **(kwargs or {}))
                 frame = frame.f_back
-            if frame is not None and frame.f_code.co_filename.endswith(("srcore/train.py", "srcore/schedule.py")):
+            if frame is not None and frame.f_code.co_filename.endswith(LOOP_FILES):
                 self.reads.append(self.iteration)
         return func(*args, **(kwargs or {}))
 

@@ -287,7 +287,8 @@ def settings(**kw) -> TrainSettings:
     base = dict(iterations=12, batch_size=2, lr=2e-4, betas=(0.9, 0.99), weight_decay=0.0, periods=(6, 6),
                 restart_weights=(1, 0.5), eta_min=1e-7, ema_decay=0.9, seed=0, log_every=1, val_every=100,
                 ckpt_every=4, num_workers=0, device="cpu",
-                precision="fp32", tf32=False, channels_last=False, compile=False)
+                precision="fp32", tf32=False, channels_last=False, compile=False, cuda_graph=True, superbatch=1,
+                prefetch=0)
     return TrainSettings(**{**base, **kw})
 
 

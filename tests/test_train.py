@@ -69,7 +69,8 @@ def tiny_settings(**kw) -> TrainSettings:
     settings = dict(iterations=12, batch_size=2, lr=2e-4, betas=(0.9, 0.99), weight_decay=0.0, periods=(6, 6),
                     restart_weights=(1, 0.5), eta_min=1e-7, ema_decay=0.9, seed=0, log_every=1, val_every=100,
                     ckpt_every=4, num_workers=0, device="cpu",
-                precision="fp32", tf32=False, channels_last=False, compile=False)
+                precision="fp32", tf32=False, channels_last=False, compile=False, cuda_graph=True, superbatch=1,
+                prefetch=0)
     return TrainSettings(**{**settings, **kw})
 
 
@@ -105,7 +106,8 @@ def test_checkpoint_holds_full_state_and_resume_is_bit_identical(tmp_path):
     state = torch.load(tmp_path / "part.pt", weights_only=True)
     assert state["iteration"] == 8
     assert set(state) == {"iteration", "model", "ema", "optimizer", "scheduler", "rng"}
-    assert set(state["rng"]) == {"python", "numpy", "torch", "cuda", "degradation", "degradation_device"}
+    assert set(state["rng"]) == {"python", "numpy", "torch", "cuda", "degradation", "degradation_device",
+                                 "degradation_from"}
     # Scramble the global RNGs: resume must restore them from the checkpoint.
     random.seed(123), np.random.seed(123), torch.manual_seed(123)
     resumed, resumed_ema = _tiny_run(tmp_path, "part", position="last", iterations=12, seed=0)

@@ -90,3 +90,7 @@ class AdaptiveDropout(Regularizer):
     def set_iteration(self, iteration: int) -> None:
         for site, layer in self.layers.items():
             layer.weight = self.weight(site, iteration)
+
+    def capture_key(self) -> tuple[float, ...]:
+        """The sites' weights: a CUDA-graphed step is captured again when one switches off."""
+        return tuple(layer.weight for layer in self.layers.values())

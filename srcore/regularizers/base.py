@@ -26,6 +26,9 @@ from torch import nn
 
 REGULARIZERS: dict[str, type[Regularizer]] = {}
 
+# ``capture_key`` of a regulariser that follows the iteration but cannot say how: no CUDA graph.
+NOT_CAPTURABLE = object()
+
 
 def register_regularizer(cls: type[Regularizer]) -> type[Regularizer]:
     REGULARIZERS[cls.name] = cls
@@ -63,6 +66,13 @@ class Regularizer:
 
     def set_iteration(self, iteration: int) -> None:
         """Called with the 1-based iteration before each training forward pass."""
+
+    def capture_key(self):
+        """A hashable value that changes whenever ``set_iteration`` changes what the forward pass
+        computes: a CUDA-graphed training step (``srcore.train_step``) is captured again when it
+        changes. None for a regulariser that does not follow the iteration; one that overrides
+        ``set_iteration`` must override this too, else the step is never graphed."""
+        return NOT_CAPTURABLE if type(self).set_iteration is not Regularizer.set_iteration else None
 
     def extra_loss(self, sr: torch.Tensor, hr: torch.Tensor, features: dict[str, torch.Tensor]) -> torch.Tensor | None:
         """A term added to the training loss; ``features`` holds this forward pass's outputs of
