@@ -112,12 +112,20 @@ class FixedBatch:
 
 
 PRECISION_ROWS = {"fp32": ("fp32", False), "tf32": ("fp32", True), "bf16": ("bf16", False), "fp16": ("fp16", False)}
+# (precision, channels_last, compile, cuda_graph) per backbone, in this order
+MATRIX = [("fp32", False, False, False), ("fp32", False, False, True), ("tf32", False, False, True),
+          ("bf16", False, False, False), ("bf16", True, False, False), ("bf16", True, False, True),
+          ("fp16", True, False, False), ("fp16", True, False, True), ("bf16", True, True, False),
+          ("bf16", True, True, True)]
+# the loop as before issue 25 (eager, one degradation call per batch, no prefetch) vs the defaults
+ENGINES = {"before": dict(cuda_graph=False, superbatch=1, prefetch=0), "now": {}}
 
 
 def matrix(args) -> list[dict]:
-    """Training it/s of each backbone x precision x channels_last x compile, in this process, on
-    the model step (a fixed pre-degraded batch), then the share of a full iteration (the job's
-    own degradation and data, as ``python -m sweeper`` runs it) spent outside that step."""
+    """Training it/s of each backbone x configuration of ``MATRIX`` (filtered by ``--precisions``
+    and ``--no-compile``), in this process, on the model step (a fixed pre-degraded batch), with
+    the peak GPU memory; then a full iteration (the job's own degradation and data, as
+    ``python -m sweeper`` runs it) vs that model step, for the loop as before and as now."""
     import torch
 
     from srcore.train import train
@@ -130,8 +138,9 @@ def matrix(args) -> list[dict]:
     small = ["backbone.num_feat=8", "backbone.num_block=2", "train.batch_size=2", "train.patch_size=8",
              "degradation.gt_size=64"] if args.cpu_smoke else []
     first, last = args.warmup, args.warmup + args.iters
+    cuda = args.device.startswith("cuda")
 
-    def run(backbone, precision, channels_last, compile_, degradation=None):
+    def run(backbone, precision, channels_last, compile_, graph, degradation=None, engine=None):
         prec, tf32 = PRECISION_ROWS[precision]
         cfg = compose([f"backbone={backbone}", *small, f"train.device={args.device}",
                        *(["backbone.num_grow_ch=4"] if args.cpu_smoke and backbone == "rrdb" else [])])
@@ -144,48 +153,63 @@ def matrix(args) -> list[dict]:
         total = last + 1
         settings.__dict__.update(iterations=total, periods=(total,), restart_weights=(1,), log_every=total,
                                  val_every=total, ckpt_every=total, precision=prec, tf32=tf32,
-                                 channels_last=channels_last, compile=compile_)
+                                 channels_last=channels_last, compile=compile_, **{"cuda_graph": graph, **(engine or {})})
         if degradation != "job":
-            g = torch.Generator(settings.device).manual_seed(0)
+            g = torch.Generator().manual_seed(0)
             hr = patches[0].unsqueeze(0).repeat(settings.batch_size, 1, 1, 1).to(settings.device).float() / 255
             deg = FixedBatch(*deg(hr, g))
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             stamps = _timed_train(train, model, patches, deg, settings, Path(tmp) / "ckpt.pt", first, last,
                                   settings.device)
-        return args.iters / (stamps[last][0] - stamps[first][0]), stamps[first][0] - t0
+        peak = torch.cuda.max_memory_allocated() / 1e9 if cuda else None
+        return args.iters / (stamps[last][0] - stamps[first][0]), stamps[first][0] - t0, peak
 
+    precisions = args.precisions.split(",")
+    plan = [c for c in MATRIX if c[0] in precisions and (args.compile or not c[2])]
     for backbone in args.backbones.split(","):
-        for compile_ in ((False, True) if args.compile else (False,)):
-            for precision in args.precisions.split(","):
-                for cl in (False, True):
-                    row = {"backbone": backbone, "precision": precision, "channels_last": cl, "compile": compile_}
-                    if time.perf_counter() - t_start > args.budget_s:
-                        rows.append({**row, "it_s": None, "note": "skipped: time budget"})
-                        continue
-                    try:
-                        it_s, warm = run(backbone, precision, cl, compile_)
-                        rows.append({**row, "it_s": it_s, "note": f"first {first} it {warm:.0f} s"})
-                    except Exception as e:  # one failing configuration must not hide the others
-                        rows.append({**row, "it_s": None, "note": f"failed: {type(e).__name__}: {str(e)[:80]}"})
-                    print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
-    # The model step alone vs a full iteration with the job's degradation and data.
-    backbone = args.backbones.split(",")[0]
-    for precision in args.outside_precisions.split(","):
-        step, _ = run(backbone, precision, False, False)
-        full, _ = run(backbone, precision, False, False, degradation="job")
-        rows.append({"backbone": backbone, "precision": precision, "channels_last": False, "compile": False,
-                     "it_s": full, "note": f"full iteration (job's degradation): {step / full:.2f}x the model "
-                                           f"step's time ({step:.2f} it/s)"})
-        print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+        for precision, cl, compile_, graph in plan:
+            row = {"backbone": backbone, "precision": precision, "channels_last": cl, "compile": compile_,
+                   "cuda_graph": graph, "peak_gb": None}
+            if time.perf_counter() - t_start > args.budget_s:
+                rows.append({**row, "it_s": None, "note": "skipped: time budget"})
+                continue
+            try:
+                it_s, warm, peak = run(backbone, precision, cl, compile_, graph)
+                rows.append({**row, "it_s": it_s, "peak_gb": peak, "note": f"first {first} it {warm:.0f} s"})
+            except Exception as e:  # one failing configuration must not hide the others
+                rows.append({**row, "it_s": None, "note": f"failed: {type(e).__name__}: {str(e)[:80]}"})
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+    # The model step alone vs a full iteration with the job's degradation and data: the loop as it
+    # was (eager, a degradation call per batch, no prefetch) and as it is (the defaults).
+    for backbone in args.backbones.split(","):
+        for precision in filter(None, args.outside_precisions.split(",")):
+            cl = precision != "fp32"
+            for name, engine in ENGINES.items():
+                graph = engine.get("cuda_graph", True)
+                step, _, _ = run(backbone, precision, cl, False, graph)
+                full, _, peak = run(backbone, precision, cl, False, graph, degradation="job", engine=engine)
+                what = ("eager, superbatch 1, no prefetch (as before)" if name == "before" else
+                        "the defaults: cuda_graph, superbatch 8, prefetch 2")
+                rows.append({"backbone": backbone, "precision": precision, "channels_last": cl, "compile": False,
+                             "cuda_graph": graph, "peak_gb": peak, "it_s": full,
+                             "note": f"full iteration, {what}: {step / full:.2f}x the model step's time "
+                                     f"({step:.2f} it/s)"})
+                print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
     return rows
 
 
 def print_matrix(rows: list[dict]) -> None:
-    print("| backbone | precision | channels_last | compile | it/s | note |\n|---|---|---|---|---:|---|")
+    print("| backbone | precision | channels_last | compile | cuda_graph | it/s | peak GB | note |\n"
+          "|---|---|---|---|---|---:|---:|---|")
     for r in rows:
         it_s = f"{r['it_s']:.2f}" if r["it_s"] else "-"
-        print(f"| {r['backbone']} | {r['precision']} | {r['channels_last']} | {r['compile']} | {it_s} | {r['note']} |")
+        peak = f"{r['peak_gb']:.2f}" if r.get("peak_gb") else "-"
+        print(f"| {r['backbone']} | {r['precision']} | {r['channels_last']} | {r['compile']} | {r['cuda_graph']} | "
+              f"{it_s} | {peak} | {r['note']} |")
 
 
 def _ensure_base(base: Path) -> bool:
@@ -241,7 +265,7 @@ def main(argv=None) -> None:
     g.add_argument("--backbones", default="srresnet,rrdb")
     g.add_argument("--precisions", default="fp32,tf32,bf16,fp16")
     g.add_argument("--no-compile", dest="compile", action="store_false")
-    g.add_argument("--outside-precisions", default="fp32,bf16", help="precisions of the full-iteration rows")
+    g.add_argument("--outside-precisions", default="bf16", help="precisions of the full-iteration rows")
     g.add_argument("--budget-s", type=float, default=300, help="configurations starting later are skipped")
     g.add_argument("--cpu-smoke", action="store_true", help="tiny network, batch and crops (checks the plumbing)")
     args = ap.parse_args(argv)

@@ -1,67 +1,119 @@
 #!/usr/bin/env bash
-# The training engine on a GPU, in under 8 minutes; prints one table (docs/speed.md).
+# The training engine on a GPU, in about 8 minutes on an H200; prints Markdown tables (docs/speed.md).
 #
 #   bash benchmarks/gpu_check.sh               # on a CUDA machine, from the repository root
 #   bash benchmarks/gpu_check.sh --cpu-smoke   # the same steps at tiny sizes on the CPU (plumbing only)
 #
-# 1. training it/s of SRResNet (64x16) and RRDB (64x23) at the paper's batch (16, LR patch 32,
-#    x4) for each precision (fp32, fp32 with TF32, bf16, fp16) x channels_last x torch.compile,
-#    on the model step (one pre-degraded batch); configurations starting after MATRIX_BUDGET_S
-#    seconds are listed as skipped;
-# 2. the share of a full iteration (the job's Real-ESRGAN degradation and data) spent outside
-#    the model step (target: a full iteration <= 1.15x the model step);
-# 3. a 2,000-iteration real job through `python -m sweeper` (train + evaluation), wall time;
-# 0. first, the Real-ESRGAN degradation on the device (benchmarks/degradation_device.py): no
-#    host sync (set_sync_debug_mode "error"), same seed twice, device vs CPU, noise vs OpenCV,
-#    batches/s with resize_bucket 1 and 8;
-# 4. last, jobs_per_gpu scaling: 1, 2 and 4 SRResNet jobs sharing the GPU (launcher=local_parallel
-#    hydra.launcher.jobs_per_gpu=k), total training it/s.
+# Where only PyTorch is installed, the other packages travel as wheels (../shared/gpu/README.md):
+#   python3 -m pip install -q --no-index --no-deps --target "$HOME/site" .whl/*.whl
+#   export PYTHONPATH="$HOME/site:$PWD"
+# The ceiling (step 1) runs ../shared/gpu/graph_ceiling.py when it is found at $CEILING
+# (default .gpu/graph_ceiling.py: copy it into a git-ignored folder of the checkout).
+#
+# 0. the Real-ESRGAN degradation on the device (benchmarks/degradation_device.py): no host sync,
+#    same seed twice, device vs CPU, noise vs OpenCV, batches/s; amortized ms per batch when K
+#    batches are degraded in one call (train.superbatch, K = 1, 8, 16);
+# 1. the ceiling: the project's SRResNet/RRDB step eager vs one CUDA graph (graph_ceiling.py);
+# 2. the engine: model-step it/s of SRResNet (64x16) and RRDB (64x23) at the paper's batch (16, LR
+#    32, x4), eager vs CUDA graph, fp32 / bf16 / bf16+channels_last, peak GPU memory; then a full
+#    iteration (the job's degradation and data) vs the model step, the loop as before (eager, one
+#    degradation call per batch) and as now (graph, superbatch 8, prefetch 2): target <= 1.15x;
+# 3. equivalence: 50 steps eager vs graph on the same batches (loss within bf16's tolerance), two
+#    graphed runs with one seed, the official architectures' outputs eager and after capture, and a
+#    profile of where an eager iteration's time goes (benchmarks/gpu_engine.py);
+# 4. real jobs through `python -m sweeper` (train + evaluation), bf16: SRResNet 2,000 iterations
+#    with the defaults (CUDA graph) and the eager loop as before; RRDB the same at RRDB_ITERS (500);
+# 5. with SHARE=1, jobs_per_gpu scaling: 1, 2 and 4 SRResNet jobs sharing the GPU (total it/s).
+# FULL=1 adds tf32, fp16 and torch.compile to step 2's matrix (several more minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
-[ -x "$PY" ] || PY=python
+[ -x "$PY" ] || PY=python3
 OUT=${OUT_DIR:-$(mktemp -d /tmp/gpu_check.XXXXXX)}
 mkdir -p "$OUT"
 SMOKE=0
 [ "${1:-}" = "--cpu-smoke" ] && SMOKE=1
+CEILING=${CEILING:-.gpu/graph_ceiling.py}
 
 if [ $SMOKE = 1 ]; then
   DEVICE=cpu
-  MATRIX=(--cpu-smoke --no-compile --iters 2 --warmup 1 --threads 1 --budget-s 120)
-  JOB=(preset=smoke train.iterations=20 "train.scheduler.periods=[10,10]" train.val_every=20 train.ckpt_every=10
-       train.log_every=10 eval.max_images=1 "eval.degradations=[clean,noise]" train.threads=1)
+  MATRIX=(--cpu-smoke --no-compile --precisions fp32,bf16 --iters 2 --warmup 1 --threads 1 --budget-s 120)
+  ENGINE=(--cpu-smoke)
+  SMALL=(preset=smoke train.threads=1 eval.max_images=1 "eval.degradations=[clean,noise]")
+  SR_JOBS=("srresnet 20 20") RRDB_JOBS=("rrdb 10 10")
   JOB_TIMEOUT=300
   DEGRADE=(--batches 2 --gt-crop 128 --batch 4)
 else
   DEVICE=cuda
   "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device'; print('GPU:', torch.cuda.get_device_name(0), '| torch', torch.__version__)"
-  MATRIX=(--iters 30 --warmup 5 --budget-s "${MATRIX_BUDGET_S:-150}")
+  if [ "${FULL:-0}" = 1 ]; then
+    MATRIX=(--iters 30 --warmup 5 --budget-s 600)
+  else
+    MATRIX=(--iters 30 --warmup 5 --no-compile --precisions fp32,bf16 --budget-s "${MATRIX_BUDGET_S:-150}")
+  fi
+  ENGINE=()
+  SMALL=()
+  SR_JOBS=("srresnet ${SR_ITERS:-2000} ${SR_EAGER_ITERS:-1000}") RRDB_JOBS=("rrdb ${RRDB_ITERS:-500} ${RRDB_EAGER_ITERS:-300}")
+  JOB_TIMEOUT=${JOB_TIMEOUT_S:-150}
   DEGRADE=(--batches 20)
-  JOB=(train.iterations=2000 "train.scheduler.periods=[2000]" "train.scheduler.restart_weights=[1]"
-       train.val_every=1000 train.ckpt_every=1000 train.log_every=500 "train.precision=${JOB_PRECISION:-bf16}")
-  JOB_TIMEOUT=${JOB_TIMEOUT_S:-180}
+fi
+if "$PY" benchmarks/degradation_device.py --help 2>/dev/null | grep -q -- "--many"; then
+  DEGRADE+=(--many 1,8,16)
 fi
 
 echo "== 0. the degradation on the device" >&2
-timeout 150 "$PY" benchmarks/degradation_device.py --device "$DEVICE" "${DEGRADE[@]}" --json "$OUT/degrade.json" \
+timeout 180 "$PY" benchmarks/degradation_device.py --device "$DEVICE" "${DEGRADE[@]}" --json "$OUT/degrade.json" \
   >"$OUT/degrade.md" || echo "| degradation check | failed (see stderr) |" >"$OUT/degrade.md"
 
-echo "== 1-2. training it/s matrix and the share outside the model step" >&2
+echo "== 1. the ceiling (graph_ceiling.py)" >&2
+: >"$OUT/ceiling.jsonl"
+if [ $SMOKE = 0 ] && [ -f "$CEILING" ]; then
+  timeout 240 "$PY" "$CEILING" . >"$OUT/ceiling.jsonl" 2>"$OUT/ceiling.err" || true
+fi
+
+echo "== 2. the engine: model step, graph vs eager, and the full iteration" >&2
 "$PY" benchmarks/bench_train.py --matrix --device "$DEVICE" "${MATRIX[@]}" --json "$OUT/matrix.json" >&2
 
-echo "== 3. a real job through python -m sweeper" >&2
-start=$(date +%s)
-set +e
-SR_OUTPUT_ROOT="$OUT/job" timeout "$JOB_TIMEOUT" "$PY" -m sweeper "${JOB[@]}" train.device="$DEVICE" \
-  logger.mode=disabled sweep_name=gpu_check >"$OUT/job.log" 2>&1
-rc=$?
-set -e
-echo "{\"rc\": $rc, \"wall_s\": $(( $(date +%s) - start ))}" >"$OUT/job.json"
-tail -3 "$OUT/job.log" >&2
-
-echo "== 4. jobs_per_gpu scaling" >&2
-: >"$OUT/share.jsonl"
+echo "== 2b. SwinIR and HAT: bf16 vs fp32, eager vs graph (model step)" >&2
 if [ $SMOKE = 0 ]; then
+  "$PY" benchmarks/bench_train.py --matrix --device "$DEVICE" --backbones swinir,hat --precisions fp32,bf16 --no-compile \
+    --iters 10 --warmup 3 --budget-s "${TRANSFORMER_BUDGET_S:-90}" --outside-precisions "" --json "$OUT/matrix_tf.json" >&2 \
+    || echo "[]" >"$OUT/matrix_tf.json"
+fi
+
+echo "== 3. equivalence, official outputs after capture, profile" >&2
+timeout 300 "$PY" benchmarks/gpu_engine.py --device "$DEVICE" "${ENGINE[@]}" --json "$OUT/engine.json" >&2 \
+  || echo '[{"check": "gpu_engine", "error": "failed or timed out (see stderr)"}]' >"$OUT/engine.json"
+
+echo "== 4. real jobs through python -m sweeper" >&2
+: >"$OUT/jobs.jsonl"
+for spec in "${SR_JOBS[@]}" "${RRDB_JOBS[@]}"; do
+  read -r backbone iters eager_iters <<<"$spec"
+  for engine in graph eager; do
+    n=$iters
+    extra=()
+    if [ $engine = eager ]; then
+      n=$eager_iters
+      extra=(train.cuda_graph=false train.superbatch=1 train.prefetch=0)
+    fi
+    name="$backbone-$engine"
+    start=$(date +%s)
+    set +e
+    SR_OUTPUT_ROOT="$OUT/jobs/$name" timeout "$JOB_TIMEOUT" "$PY" -m sweeper backbone="$backbone" "${SMALL[@]}" \
+      train.iterations="$n" "train.scheduler.periods=[$n]" "train.scheduler.restart_weights=[1]" \
+      train.val_every="$n" train.ckpt_every="$n" train.log_every=$(( n / 4 > 0 ? n / 4 : 1 )) \
+      train.precision="${JOB_PRECISION:-bf16}" train.device="$DEVICE" "${extra[@]}" \
+      logger.mode=disabled sweep_name=gpu_check >"$OUT/$name.log" 2>&1
+    rc=$?
+    set -e
+    echo "{\"job\": \"$name\", \"rc\": $rc, \"wall_s\": $(( $(date +%s) - start ))}" >>"$OUT/jobs.jsonl"
+    tail -2 "$OUT/$name.log" >&2
+  done
+done
+
+echo "== 5. jobs_per_gpu scaling" >&2
+: >"$OUT/share.jsonl"
+if [ $SMOKE = 0 ] && [ "${SHARE:-0}" = 1 ]; then
   for k in 1 2 4; do
     seeds=$(seq -s, 0 $((k - 1)))
     start=$(date +%s)
@@ -73,36 +125,4 @@ if [ $SMOKE = 0 ]; then
   done
 fi
 
-"$PY" - "$OUT" <<'EOF'
-import json, sys
-from pathlib import Path
-out = Path(sys.argv[1])
-rows = json.loads((out / "matrix.json").read_text())
-job = json.loads((out / "job.json").read_text())
-print((out / "degrade.md").read_text())
-print("| check | backbone | precision | channels_last | compile | it/s | note |")
-print("|---|---|---|---|---|---:|---|")
-for r in rows:
-    check = "full iteration" if r["note"].startswith("full iteration") else "model step"
-    it_s = f"{r['it_s']:.2f}" if r["it_s"] else "-"
-    print(f"| {check} | {r['backbone']} | {r['precision']} | {r['channels_last']} | {r['compile']} | {it_s} | {r['note']} |")
-results = list((out / "job").glob("runs/*/results.json")) + list((out / "job").glob("sweeps/*/*/results.json"))
-if results:
-    res = json.loads(results[0].read_text())
-    cfg = res["config"]["train"]
-    note = (f"{job['wall_s']:.0f} s wall (train {res['train_seconds']:.0f} s, eval {res['eval_seconds']:.0f} s), "
-            f"test/builtin/clean/psnr {res['metrics'].get('test/builtin/clean/psnr', float('nan')):.2f}")
-    print(f"| real job | {res['config']['backbone']['name']} | {cfg['precision']} | {cfg['channels_last']} | "
-          f"{cfg['compile']} | {cfg['iterations'] / res['train_seconds']:.2f} | {note} |")
-else:
-    print(f"| real job | - | - | - | - | - | no results (rc {job['rc']}, {job['wall_s']:.0f} s; see {out}/job.log) |")
-shares = [json.loads(line) for line in (out / "share.jsonl").read_text().splitlines() if line.strip()]
-for share in shares:
-    k = share["k"]
-    runs = [json.loads(p.read_text()) for p in (out / f"share{k}").glob("sweeps/*/*/results.json")]
-    total = sum(r["config"]["train"]["iterations"] / r["train_seconds"] for r in runs)
-    print(f"| jobs_per_gpu={k} | srresnet | fp32 | - | - | {total:.2f} | total of {len(runs)}/{k} jobs' it/s; "
-          f"sweep wall {share['wall_s']} s |")
-if not shares:
-    print("| jobs_per_gpu | - | - | - | - | - | skipped on the CPU (needs GPUs) |")
-EOF
+"$PY" benchmarks/gpu_report.py "$OUT"

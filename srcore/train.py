@@ -266,6 +266,8 @@ def train(
     finally:
         batches.close()
         taps.close()
+    if device.type == "cuda":
+        log.info("peak GPU memory %.2f GB (training)", torch.cuda.max_memory_allocated(device) / 1e9)
     if cfg.channels_last:  # what the job saves and evaluates: the usual layout, whatever trained it
         model.to(memory_format=torch.contiguous_format)
         state.ema.to(memory_format=torch.contiguous_format)

@@ -249,17 +249,22 @@ def test_gpu_check_runs_end_to_end_on_cpu_at_tiny_sizes(tmp_path):
     proc = subprocess.run(["bash", "benchmarks/gpu_check.sh", "--cpu-smoke"], cwd=ROOT, capture_output=True,
                           text=True, timeout=900, env={**__import__("os").environ, "OUT_DIR": str(tmp_path)})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    lines = proc.stdout.strip().splitlines()
+    out = proc.stdout
+    lines = out.strip().splitlines()
     assert lines[0] == "| check (CPU) | result |"  # step 0: the degradation
     assert "| no sync | yes (0 host reads, dispatch count) |" in lines
     assert any(line.startswith("| resize_bucket=8: batches/s") for line in lines)
-    start = lines.index("| check | backbone | precision | channels_last | compile | it/s | note |")
-    rows = [line.split(" | ") for line in lines[start + 2:]]
-    assert sum(r[0] == "| model step" for r in rows) == 2 * 4 * 2  # backbones x precisions x channels_last
-    assert sum(r[0] == "| full iteration" for r in rows) == 2
-    assert rows[-2][0] == "| real job" and "s wall (train" in rows[-2][-1]
-    assert rows[-1][0] == "| jobs_per_gpu" and "skipped on the CPU" in rows[-1][-1]
-    assert all(r[5] != "-" for r in rows[:-1]), proc.stdout  # every configuration ran
+    start = lines.index("| backbone | precision | channels_last | compile | cuda_graph | it/s | peak GB | note |")
+    table = lines[start + 2:]
+    rows = [line.split(" | ") for line in table[:next(i for i, line in enumerate(table) if not line.startswith("| "))]]
+    steps = [r for r in rows if "full iteration" not in r[-1]]
+    full = [r for r in rows if "full iteration" in r[-1]]
+    assert len(steps) == 2 * 5 and len(full) == 2 * 2  # backbones x (fp32/bf16 configs); before/now
+    assert all(r[5] != "-" for r in rows), out  # every configuration ran
+    assert "two graphed runs, one seed: weights equal True" in out and "**failed**" not in out
+    assert "official outputs on cpu" in out and "profile, SRResNet fp32 eager" in out
+    jobs = [line for line in lines if line.startswith(("| srresnet-", "| rrdb-"))]
+    assert len(jobs) == 4 and not any("no results" in j for j in jobs), out
 
 
 # ------------------------------------------------------------------ training images on the device
