@@ -92,17 +92,17 @@ class TrainingBatches:
         self._thread: Prefetch | None = None
 
     def __iter__(self) -> Iterator[Batch]:
+        crops = self._crops()  # here, not in the prefetch thread: a DataLoader's workers are forked now
         if self.prefetch <= 0:
-            return self._make()
-        self._thread = Prefetch(self._make, self.prefetch, self.device)
+            return self._make(crops)
+        self._thread = Prefetch(lambda: self._make(crops), self.prefetch, self.device)
         return iter(self._thread)
 
     def close(self) -> None:
         if self._thread is not None:
             self._thread.close()
 
-    def _make(self) -> Iterator[Batch]:
-        crops = self._crops()
+    def _make(self, crops: Iterator[torch.Tensor]) -> Iterator[Batch]:
         it = self.first
         while it <= self.last:
             k = min(self.superbatch - (it - 1) % self.superbatch, self.last - it + 1)  # up to the next boundary

@@ -91,6 +91,13 @@ def test_super_batches_and_prefetch_make_the_same_batches(superbatch, prefetch):
     assert deg.calls == [k for k in expected if k > 1]
 
 
+def test_loader_workers_feed_the_prefetch_thread_the_same_batches():
+    plain, _ = _batches(Recorder(), iterations=5)
+    got, _ = _batches(Recorder(), iterations=5, superbatch=2, prefetch=2, num_workers=2)
+    for a, b in zip(plain, got):
+        assert torch.equal(a.hr, b.hr) and torch.equal(a.lr, b.lr)
+
+
 def test_each_batch_says_where_the_degradation_resumes_and_a_resume_draws_the_same_batches():
     plain, _ = _batches(Recorder())
     got, _ = _batches(Recorder(), superbatch=4, prefetch=2)
