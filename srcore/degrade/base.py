@@ -50,6 +50,14 @@ class Degradation:
         pairs = [self(hr, g, crop) for _ in range(k)]
         return torch.cat([t for t, _ in pairs]), torch.cat([lr for _, lr in pairs])
 
+    def many(self, hrs: Sequence[torch.Tensor], g: torch.Generator, views: int = 1
+             ) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Several batches in one call (a super-batch): ``[(hr_target, lr)]`` per batch, exactly
+        ``srcore.train.degraded_views(self, hr, g, views)`` of each in turn -- the same draws
+        from ``g`` in the same order, the same per-sample results. This default is that loop;
+        a degradation overrides it where one call for all pays (fewer launches on a GPU)."""
+        return [self(hr, g) if views == 1 else self.views(hr, g, views) for hr in hrs]
+
     def prepare_images(self, images: list[tuple[str, np.ndarray]]) -> list[tuple[str, np.ndarray]]:
         """Work done once per training image (name, HxWx3 uint8) when the data is loaded, instead
         of once per batch; none by default."""

@@ -87,9 +87,26 @@ def filter2d(x: torch.Tensor, kernels: torch.Tensor, backend: str = "auto") -> t
         cpu_map(one, range(n))
         return torch.from_numpy(out).to(device=x.device, dtype=x.dtype)
     k = kernels.shape[-1]
-    xp = reflect_pad(x.reshape(1, n * c, h, w), k // 2)
-    weight = kernels.to(x.dtype).repeat_interleave(c, dim=0)[:, None]
-    return F.conv2d(xp, weight, groups=n * c).reshape(n, c, h, w)
+    return _correlate(reflect_pad(x.reshape(1, n * c, h, w), k // 2), kernels, n, c)
+
+
+def _correlate(xp: torch.Tensor, kernels: torch.Tensor, n: int, c: int) -> torch.Tensor:
+    """Sample i's planes of the padded xp (1, n * c, H + k - 1, W + k - 1) correlated with
+    kernels[i]: (n, c, H, W), one grouped convolution."""
+    weight = kernels.to(xp.dtype).repeat_interleave(c, dim=0)[:, None]
+    out = F.conv2d(xp, weight, groups=n * c)
+    return out.reshape(n, c, *out.shape[-2:])
+
+
+def filter2d_ragged(x: torch.Tensor, kernels: torch.Tensor, layout) -> torch.Tensor:
+    """``filter2d`` (torch) of a padded super-batch group (``srcore.degrade.ragged.Layout``):
+    inside each image's own size, what ``filter2d`` gives it alone (reflect-101 borders at its
+    own edges, ``layout.reflect_take``); beyond it, anything. (n, k, k) odd kernels."""
+    n, c = x.shape[:2]
+    if layout.uniform:
+        return filter2d(x, kernels, "torch")
+    xp = layout.reflect_take(x, kernels.shape[-1] // 2)
+    return _correlate(xp.reshape(1, n * c, *xp.shape[-2:]), kernels, n, c)
 
 
 def sep_filter2d(x: torch.Tensor, kernel_1d: torch.Tensor, backend: str = "auto") -> torch.Tensor:

@@ -203,8 +203,21 @@ def jpeg_compress(x: torch.Tensor, quality, backend: str = "torch") -> torch.Ten
         return _jpeg_torch(x, q)
 
 
-def _jpeg_torch(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """The batched PyTorch codec (module doc, steps 1-6)."""
+def jpeg_compress_ragged(x: torch.Tensor, quality: torch.Tensor, layout) -> torch.Tensor:
+    """The torch codec on a padded super-batch group (``srcore.degrade.ragged.Layout``): x holds
+    each run's images top-left aligned and replicate-padded to the frame. Inside each image's own
+    size the result is what ``jpeg_compress(..., "torch")`` gives it alone: the padding is the
+    codec's own edge expansion, 8x8 blocks are independent, and the chroma upsampling sees each
+    image's own chroma edge (rebuilt by ``layout.replicate_take``). Beyond it: anything."""
+    q = torch.as_tensor(quality, device=x.device).reshape(-1)
+    if x.dim() != 4 or x.shape[1] != 3 or q.shape[0] != x.shape[0]:
+        raise ValueError(f"jpeg_compress_ragged: {tuple(x.shape)} images, {q.shape[0]} qualities")
+    with exact_arithmetic(x.device):
+        return _jpeg_torch(x, q, None if layout.uniform else layout)
+
+
+def _jpeg_torch(x: torch.Tensor, q: torch.Tensor, layout=None) -> torch.Tensor:
+    """The batched PyTorch codec (module doc, steps 1-6); ``layout``: see ``jpeg_compress_ragged``."""
     n, _, h, w = x.shape
     tables = quant_tables(q)
     dtype = torch.float32 if x.dtype != torch.float64 else torch.float64
@@ -218,7 +231,10 @@ def _jpeg_torch(x: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     chroma = F.avg_pool2d(ycc[:, 1:], 2).add_(bias).floor_()
     y = _codec_plane(ycc[:, :1], tables[:, 0])[..., :h, :w]
     chroma = _codec_plane(chroma, tables[:, 1])
-    chroma = _fancy_upsample(chroma[..., :(h + 1) // 2, :(w + 1) // 2])[..., :h, :w]
+    chroma = chroma[..., :(h + 1) // 2, :(w + 1) // 2]
+    if layout is not None:  # each image's own chroma edge, replicated as libjpeg's upsampler does
+        chroma = layout.replicate_take(chroma, lambda r: ((r.h + 1) // 2, (r.w + 1) // 2))
+    chroma = _fancy_upsample(chroma)[..., :h, :w]
     out = _mix(_YCC2RGB, torch.cat([y, chroma], 1), _YCC2RGB_OFFSET)
     return out.round_().clamp_(0, 255).div_(255).to(x.dtype)
 

@@ -35,10 +35,30 @@ def _b(v: torch.Tensor) -> torch.Tensor:
     return v.view(-1, 1, 1, 1)
 
 
-def gaussian_noise(x: torch.Tensor, sigma: torch.Tensor, gray: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+class Draws:
+    """Where the torch path's noise realisations come from: ``randn(x)`` (standard normal, x's
+    shape) and ``poisson(rates)``, both from one generator (None: the default one). A
+    super-batch passes ``srcore.degrade.ragged.UnitDraws`` instead: each batch's draws from its
+    own generator, exactly as this draws them one batch at a time."""
+
+    def __init__(self, gen: torch.Generator | None):
+        self.gen = gen
+
+    def randn(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.randn(x.shape, generator=self.gen, device=x.device, dtype=x.dtype)
+
+    def poisson(self, rates: torch.Tensor) -> torch.Tensor:
+        return torch.poisson(rates, generator=self.gen)
+
+
+def _draws(gen) -> Draws:
+    return gen if hasattr(gen, "poisson") else Draws(gen)
+
+
+def gaussian_noise(x: torch.Tensor, sigma: torch.Tensor, gray: torch.Tensor, gen) -> torch.Tensor:
     """Gaussian noise of std sigma/255 ((N,) sigma in levels), the same on all channels where
-    ``gray``; returns the noise (not clamped, not added)."""
-    noise = torch.randn(x.shape, generator=gen, device=x.device, dtype=x.dtype)
+    ``gray``; returns the noise (not clamped, not added). ``gen``: a generator or ``Draws``."""
+    noise = _draws(gen).randn(x)
     noise = torch.where(_b(gray.to(x.device)), noise[:, :1], noise)
     return noise * _b(sigma.to(device=x.device, dtype=x.dtype) / 255)
 
@@ -53,13 +73,13 @@ def count_levels(q: torch.Tensor) -> torch.Tensor:
     return seen.sum(1)
 
 
-def _poisson_levels(img: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+def _poisson_levels(img: torch.Tensor, gen) -> torch.Tensor:
     """BasicSR's noise core for images of any channel count: round to levels, counts at
     2^ceil(log2(#levels)) per unit, noise = poisson(img * vals) / vals - img."""
     q = (img * 255).round_().clamp_(0, 255)
     vals = torch.exp2(torch.ceil(torch.log2(count_levels(q).to(img.dtype))))
     img_q = q.div_(255)
-    out = torch.poisson(img_q * _b(vals), generator=gen).div_(_b(vals))
+    out = _draws(gen).poisson(img_q * _b(vals)).div_(_b(vals))
     return out.sub_(img_q)
 
 
@@ -73,7 +93,7 @@ def _grey_weights(device: torch.device, dtype: torch.dtype) -> torch.Tensor:
     return torch.tensor(GREY_WEIGHTS, device=device, dtype=dtype).view(1, 3, 1, 1)
 
 
-def poisson_noise(x: torch.Tensor, gray: torch.Tensor, gen: torch.Generator | None) -> torch.Tensor:
+def poisson_noise(x: torch.Tensor, gray: torch.Tensor, gen) -> torch.Tensor:
     """Unscaled Poisson noise (BasicSR's generate_poisson_noise_pt with scale 1) for a batch:
     grey (from the grey image, the same on all channels) where ``gray``, colour elsewhere.
 
@@ -86,15 +106,18 @@ def poisson_noise(x: torch.Tensor, gray: torch.Tensor, gen: torch.Generator | No
     return torch.where(g, noise[:, :1].expand_as(noise), noise)
 
 
-def add_noise(x: torch.Tensor, p: dict, gen: torch.Generator | None, backend: str = "auto") -> torch.Tensor:
+def add_noise(x: torch.Tensor, p: dict, gen: torch.Generator | Draws | None, backend: str = "auto") -> torch.Tensor:
     """Add per-sample Gaussian or Poisson noise (``p``: ``noise1`` or ``noise2`` of
     ``RealESRGANDegradation.sample_params``) and clamp to [0, 1]. ``backend`` "torch": batched
-    tensor ops with draws from ``gen`` (both kinds drawn for every sample, then picked; no host
-    read); "cv2" (the CPU path of "auto"): one image per worker thread, each with its own
-    generator seeded from ``gen`` (one draw), so the result does not depend on the number of
-    threads."""
+    tensor ops with draws from ``gen`` (both kinds drawn for every sample, then picked, Gaussian
+    first; no host read); "cv2" (the CPU path of "auto"): one image per worker thread, each with
+    its own generator seeded from ``gen`` (one draw), so the result does not depend on the
+    number of threads. Every op of the torch path but the draws is pointwise per pixel, apart
+    from the count of distinct levels, so a super-batch can run it on padded images (see
+    ``srcore.degrade.ragged``)."""
     if use_cv2(x, backend):
         return _add_noise_cpu(x, p, gen)
+    gen = _draws(gen)
     gauss = _b(p["gaussian"].to(x.device))
     g_noise = gaussian_noise(x, p["sigma"], p["gray"], gen)
     p_noise = poisson_noise(x, p["gray"], gen).mul_(_b(p["poisson_scale"].to(device=x.device, dtype=x.dtype)))

@@ -76,6 +76,7 @@ import torch
 
 from srcore.degrade.base import Degradation
 from srcore.degrade.common import Crop, crop_pairs, noise_generator, quantize
+from srcore.degrade.cpu import use_cv2
 from srcore.degrade.filtering import filter2d
 from srcore.degrade.jpeg import jpeg_compress
 from srcore.degrade.kernels import (final_sinc_kernels, kernels_from_params, pulse_kernels, sample_final_sinc_params,
@@ -114,6 +115,8 @@ class RealESRGANDegradation(Degradation):
     (full size, no crop) + ``paired_crop(hr_target, lr, params, crop=None)`` are the same thing in
     pieces.
     """
+
+    group_px: float | None = None  # many(): a padded group's launches in pixels (None: per device)
 
     def __init__(self, scale: int, gt_patch: int | None, **params):
         self.params = RealESRGANParams.from_dict({"scale": scale, "gt_patch": gt_patch, **params})
@@ -272,6 +275,23 @@ class RealESRGANDegradation(Degradation):
                 return resize(x, size=size, mode=r["mode"], backend=be)
         return resize(x, size=tuple(bucketed(v, b) for v in size), mode=r["mode"], backend=be)
 
+    def _resize_plan(self, in_size: tuple[int, int], hr_size: tuple[int, int], r: dict, divisor: int | None
+                     ) -> tuple[tuple, tuple[int, int]]:
+        """What ``_random_resize`` does to an image of ``in_size``, told from the host's values:
+        (a key equal for equal calls -- ("id",) where it returns its input --, the output size)."""
+        b, s, mode = self.params.resize_bucket, r["scale"], r["mode"]
+        if divisor is None:
+            size = tuple(math.floor(float(v) * s) for v in in_size)
+            if b == 1:
+                return (("id",), tuple(in_size)) if s == 1 else (("scale", s, mode), size)
+        else:
+            size = tuple(int(v / divisor * s) for v in hr_size)
+        if b > 1:
+            size = tuple(bucketed(v, b) for v in size)
+        if size == tuple(in_size):  # resize returns its input
+            return ("id",), size
+        return ("size", size, mode), tuple(max(1, v) for v in size)
+
     def _backend(self, x: torch.Tensor) -> str:
         if self.params.backend == "cv2" and x.device.type != "cpu":
             raise ValueError(f"backend='cv2' needs CPU tensors, the batch is on {x.device}")
@@ -301,6 +321,23 @@ class RealESRGANDegradation(Degradation):
         x = self._check(hr)
         params = self.sample_params(x.shape[0], g)
         return self.paired_crop(*self.apply(x, params), params, crop)
+
+    def many(self, hrs, g: torch.Generator, views: int = 1) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """``[degraded_views(self, hr, g, views) for hr in hrs]`` (``Degradation.many``): the same
+        draws in the same order and the same per-sample results. On the torch backend (a GPU's),
+        batches of one shape are degraded together, each kernel, blur and parameter copy once
+        for all, the batches' differently-sized middles in padded groups
+        (``srcore.degrade.realesrgan_many``; ``group_px`` sets their size, None: per device);
+        on the OpenCV path, one call per batch."""
+        hrs = list(hrs)
+        if (not hrs or use_cv2(hrs[0], self.params.backend)
+                or any(hr.shape != hrs[0].shape or hr.dtype != hrs[0].dtype or hr.device != hrs[0].device
+                       for hr in hrs)
+                or type(self).__call__ is not RealESRGANDegradation.__call__
+                or type(self).views is not Degradation.views):
+            return super().many(hrs, g, views)
+        from srcore.degrade.realesrgan_many import degrade_many
+        return degrade_many(self, hrs, g, views, self.group_px)
 
     def _check(self, hr: torch.Tensor) -> torch.Tensor:
         if hr.dim() != 4 or hr.shape[1] != 3:
