@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from analysis.outfiles import save_figure_file
 from analysis.stats import AVERAGE, STAT_COLUMNS, TEST_DEGRADATION, TEST_SET
 from srcore.evaluation import TEST_DEGRADATIONS
 
@@ -38,11 +39,13 @@ def _label(row, keys) -> str:
 
 
 def save_figure(fig, *paths: Path) -> list[Path]:
-    """Write ``fig`` to each path (format from the suffix), then close it."""
-    for p in paths:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(p, dpi=150, bbox_inches="tight")
-    pyplot().close(fig)
+    """Write ``fig`` to each path (format from the suffix; atomically: ``analysis.outfiles``),
+    then close it."""
+    try:
+        for p in paths:
+            save_figure_file(fig, p, dpi=150, bbox_inches="tight")
+    finally:
+        pyplot().close(fig)
     return list(paths)
 
 

@@ -10,6 +10,7 @@ per-image metrics of those runs.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -67,16 +68,51 @@ def runs_frame(root: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def per_image_frame(runs: pd.DataFrame) -> pd.DataFrame:
+def read_per_image(runs: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, str]]:
     """Per-image metrics of the runs (the ``test/per_image`` wandb table each job logs, saved
-    by wandb under ``files/media/table/``): run_id, set, image, degradation, metrics."""
-    frames = []
+    by wandb under ``files/media/table/``): run_id, set, image, degradation, metrics; and
+    {run_id: why} for each run whose table cannot be read (empty, truncated, not a table),
+    naming the file. One such run never costs the others their rows."""
+    frames, corrupt = [], {}
     for run_id, run_dir in zip(runs["run_id"], runs["run_dir"]):
         tables = sorted(Path(run_dir).glob("files/media/table/test/per_image_*.table.json"))
         if not tables:
             continue
-        data = json.loads(tables[-1].read_text())
-        frames.append(pd.DataFrame(data["data"], columns=data["columns"]).assign(run_id=run_id))
+        try:
+            data = json.loads(tables[-1].read_text())
+            frame = pd.DataFrame(data["data"], columns=data["columns"])
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            corrupt[run_id] = f"{tables[-1]}: {'empty file' if _empty(tables[-1]) else why}"
+            continue
+        frames.append(frame.assign(run_id=run_id))
     if not frames:
-        return pd.DataFrame(columns=["run_id", "set", "image", "degradation"])
-    return pd.concat(frames, ignore_index=True)
+        return pd.DataFrame(columns=["run_id", "set", "image", "degradation"]), corrupt
+    return pd.concat(frames, ignore_index=True), corrupt
+
+
+def _empty(path: Path) -> bool:
+    try:
+        return path.stat().st_size == 0
+    except OSError:
+        return False
+
+
+def per_image_frame(runs: pd.DataFrame) -> pd.DataFrame:
+    """``read_per_image``'s frame; a run whose table cannot be read is left out, with a warning."""
+    frame, corrupt = read_per_image(runs)
+    for run_id, why in corrupt.items():
+        warnings.warn(f"corrupt per-image table of run {run_id}, left out: {why}", stacklevel=2)
+    return frame
+
+
+def with_per_image(runs: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(the runs, their per-image metrics), a run whose per-image table cannot be read marked
+    ``corrupt`` (its row stays, its scores are left out of every mean and interval), with a
+    warning naming the file."""
+    frame, corrupt = read_per_image(runs)
+    for run_id, why in corrupt.items():
+        warnings.warn(f"corrupt per-image table, run {run_id} shown as corrupt: {why}", stacklevel=2)
+    if corrupt:
+        runs = runs.assign(state=runs["state"].where(~runs["run_id"].isin(list(corrupt)), "corrupt"))
+    return runs, frame

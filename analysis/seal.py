@@ -28,6 +28,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis.interpret import load_model
+from analysis.outfiles import write_csv
 from analysis.seal_cases import case_frame, gain_figure
 from srcore.atomic import atomic_write
 from srcore.evaluation.seal import case_means, check_seal_root, evaluate_seal, published_summaries
@@ -86,7 +87,7 @@ def write_gains(result: dict, baseline: dict, out: Path, title: str) -> Path:
     """Per-case PSNR-Y gain over the baseline: cases.csv and gain_vs_degradation.png in out."""
     gain = (case_series(result) - case_series(baseline)).rename("gain_db")
     cases = case_frame(Path(result["seal_root"]))
-    cases.join(gain, how="inner").to_csv(out / "cases.csv")
+    write_csv(out / "cases.csv", cases.join(gain, how="inner"))
     return gain_figure(cases, gain, out / "gain_vs_degradation.png", title, ylabel="PSNR-Y gain (dB)")
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from analysis.outfiles import write_csv, write_text
 from analysis.stats import setting_keys
-from srcore.atomic import atomic_write
 from srcore.evaluation.seal import MODELS_CSV, published_summaries
 from srcore.evaluation.seal_scores import PAPER_NAMES, STATS
 
@@ -81,6 +81,6 @@ def write_seal_table(runs: pd.DataFrame, out_dir: Path, title: str) -> str:
         tried = ", ".join(str(r) for r in _seal_roots(runs)) or "no eval.seal_root in the runs' configs"
         md += (f"\nSEAL's published models are missing: no {MODELS_CSV} found (tried {tried}); "
                "set $SR_DATA_ROOT to the data folder that holds SEAL/.\n")
-    atomic_write(out_dir / "seal.md", lambda f: f.write(md), mode="w")
-    atomic_write(out_dir / "seal.csv", lambda f: pd.concat(frames).to_csv(f, index=False), mode="w")
+    write_text(out_dir / "seal.md", md)
+    write_csv(out_dir / "seal.csv", pd.concat(frames), index=False)
     return md

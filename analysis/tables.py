@@ -14,7 +14,8 @@ import numpy as np
 import pandas as pd
 
 from analysis.figures import write_figures
-from analysis.runs import per_image_frame, runs_frame
+from analysis.outfiles import write_csv, write_text
+from analysis.runs import runs_frame, with_per_image
 from analysis.seal_table import write_seal_table
 from analysis.stats import AVERAGE, LEVEL, SIGNIFICANCE, STAT_COLUMNS, TEST_DEGRADATION, TEST_SET, ablation_stats
 from srcore.evaluation import TEST_DEGRADATIONS
@@ -154,16 +155,19 @@ def write_tables(runs: pd.DataFrame, out_dir: Path, title: str, metric: str = "p
                  per_image: pd.DataFrame | None = None, baseline: str | None = None) -> str:
     """<metric>.md / .tex: mean ± std over seeds, (Δ vs the baseline [95% interval]) with the
     marks of ``legend``, best per column in bold; <metric>.csv: the means; <metric>_stats.csv:
-    every number."""
-    stats = ablation_stats(runs, per_image_frame(runs) if per_image is None else per_image, metric, baseline)
+    every number. Without ``per_image``, the runs' per-image tables are read here (a run whose
+    table cannot be read shows as corrupt). Every file is written atomically."""
+    if per_image is None:
+        runs, per_image = with_per_image(runs)
+    stats = ablation_stats(runs, per_image, metric, baseline)
     out_dir.mkdir(parents=True, exist_ok=True)
     notes = legend(stats, metric, baseline) + budget_note(runs)
     md = to_markdown(formatted_table(stats), title) + f"\n{notes}\n"
-    (out_dir / f"{metric}.md").write_text(md)
+    write_text(out_dir / f"{metric}.md", md)
     caption = f"{title}: {metric}. {notes}"
-    (out_dir / f"{metric}.tex").write_text(to_latex(formatted_table(stats, r"\textbf{{{}}}"), caption))
-    ablation_table(runs, metric).to_csv(out_dir / f"{metric}.csv")
-    stats.to_csv(out_dir / f"{metric}_stats.csv", index=False)
+    write_text(out_dir / f"{metric}.tex", to_latex(formatted_table(stats, r"\textbf{{{}}}"), caption))
+    write_csv(out_dir / f"{metric}.csv", ablation_table(runs, metric))
+    write_csv(out_dir / f"{metric}_stats.csv", stats, index=False)
     write_figures(stats, out_dir / "figures", metric)
     return md
 
@@ -212,19 +216,19 @@ def sweep_tables(sweep_dir: Path, runs: pd.DataFrame, metric: str, baseline: str
     """Write and print one sweep's tables (or its runs' states when none has scores)."""
     name = runs["sweep"].mode().iloc[0]
     out = Path(sweep_dir) / "tables"
+    runs, per_image = with_per_image(runs)  # a run whose per-image table is unreadable: corrupt
     if not has_scores(runs, metric):
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "status.md").write_text(status_table(runs, name, metric))
+        write_text(out / "status.md", status_table(runs, name, metric))
         print(status_table(runs, name, metric))
     else:
-        print(write_tables(runs, out, name, metric, baseline=baseline))
+        print(write_tables(runs, out, name, metric, per_image, baseline=baseline))
     seal = write_seal_table(runs, out, name)  # eval=seal: the sweep beside SEAL's published models
     if seal:
         print(seal)
     interp = interpretation_table(runs)
     if interp is not None:  # CHI and evenness next to PSNR (python -m analysis.interpret)
-        (out / "interpretation.md").write_text(interp.to_markdown(floatfmt=".4f"))
-        interp.to_csv(out / "interpretation.csv")
+        write_text(out / "interpretation.md", interp.to_markdown(floatfmt=".4f"))
+        write_csv(out / "interpretation.csv", interp)
         print("**Interpretation** (channel-saliency evenness and degradation-cluster CHI)\n\n"
               + interp.to_markdown(floatfmt=".4f") + "\n")
     trials = Path(sweep_dir) / "trials.csv"
@@ -232,7 +236,7 @@ def sweep_tables(sweep_dir: Path, runs: pd.DataFrame, metric: str, baseline: str
         frame = pd.read_csv(trials)
         if "value" in frame:
             frame = frame.sort_values("value", ascending=False, na_position="last")
-        (out / "trials.md").write_text(frame.to_markdown(index=False, floatfmt=".3f"))
+        write_text(out / "trials.md", frame.to_markdown(index=False, floatfmt=".3f"))
         print(f"**Optuna trials** ({trials})\n\n" + frame.to_markdown(index=False, floatfmt=".3f") + "\n")
     n_done = int((runs["state"] == "finished").sum())
     print(f"({n_done}/{len(runs)} runs finished; tables written to {out})\n")
@@ -286,4 +290,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    import warnings
+
+    # a damaged run is a one-line warning naming its file, not a line of this module's source
+    warnings.formatwarning = lambda message, category, *args, **kwargs: f"warning: {message}\n"
     sys.exit(main())

@@ -20,6 +20,14 @@ rerun of the same command ends with
 The kills come from ``benchmarks/fault_hooks/sitecustomize.py``: that folder first on PYTHONPATH
 and ``SR_FAULT=<point>`` make the job's process SIGKILL itself at that point (its docstring lists
 them). A point whose function no longer exists is reported as such, never passed.
+
+Faults of a job's lifecycle (issue 26), as a user meets them: L, the sweep folder ``rm -rf``-ed
+while its job trains (the job pauses itself with SIGSTOP at iteration 11, the harness deletes the
+folder and continues it), and a finished job's ``wandb/`` deleted; M, one run's empty
+``per_image_*.table.json``; N, the disk full while the tables are written (a full 64 MB tmpfs
+when this process may mount one, i.e. root; else a file-size limit, RLIMIT_FSIZE, on the tables
+command); O, Ctrl-C: SIGINT to the command's whole process group, started in its own session as
+a terminal's foreground job, at iteration 11.
 """
 from __future__ import annotations
 
@@ -67,25 +75,36 @@ class Run:
         return any(e["event"] == "fired" for e in self.events)
 
 
-def _env(out_root: Path, fault: str | None, at: int, sig: str, log: Path | None) -> dict:
+def _env(out_root: Path, fault: str | None, at: int, sig: str, log: Path | None, group: bool = False) -> dict:
     env = {**os.environ, "SR_OUTPUT_ROOT": str(out_root), "HYDRA_FULL_ERROR": "0", "WANDB_MODE": "offline",
            "WANDB_SILENT": "true", "WANDB_ERROR_REPORTING": "false"}
-    for key in ("SR_FAULT", "SR_FAULT_AT", "SR_FAULT_SIGNAL", "SR_FAULT_LOG", "WANDB_SERVICE"):
+    for key in ("SR_FAULT", "SR_FAULT_AT", "SR_FAULT_SIGNAL", "SR_FAULT_LOG", "SR_FAULT_TARGET", "WANDB_SERVICE"):
         env.pop(key, None)
     if fault:
         env.update(SR_FAULT=fault, SR_FAULT_AT=str(at), SR_FAULT_SIGNAL=sig, SR_FAULT_LOG=str(log),
                    PYTHONPATH=os.pathsep.join([str(HOOKS), *filter(None, [os.environ.get("PYTHONPATH")])]))
+        if group:
+            env["SR_FAULT_TARGET"] = "group"
     return env
 
 
+def _as_in_a_terminal() -> None:
+    """The child's Ctrl-C as in an interactive shell: SIGINT not ignored (a background job of a
+    script inherits it ignored)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(args: list[str], out_root: Path, fault: str | None = None, at: int = 1, sig: str = "KILL",
-          module: str = "sweeper") -> tuple[subprocess.Popen, Path | None]:
+          module: str = "sweeper", group: bool = False) -> tuple[subprocess.Popen, Path | None]:
+    """``group``: the command in its own session (a terminal's foreground process group), and the
+    fault's signal sent to that whole group, as Ctrl-C is."""
     log = out_root.with_name(out_root.name + ".faults.jsonl") if fault else None
     if log:
         log.unlink(missing_ok=True)  # this run's events only
     proc = subprocess.Popen([sys.executable, "-m", module, *args], cwd=ROOT,
-                            env=_env(out_root, fault, at, sig, log), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+                            env=_env(out_root, fault, at, sig, log, group), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=group,
+                            preexec_fn=_as_in_a_terminal if group else None)
     return proc, log
 
 
@@ -104,10 +123,12 @@ def sweep(args: list[str], out_root: Path, **fault) -> Run:
     return finish(*start(args, out_root, **fault))
 
 
-def faulted(args: list[str], out_root: Path, point: str, at: int = 1, sig: str = "KILL", worker: bool = False) -> Run:
+def faulted(args: list[str], out_root: Path, point: str, at: int = 1, sig: str = "KILL", worker: bool = False,
+            group: bool = False) -> Run:
     """Run with a fault at ``point``; raise Lost unless it struck there. ``worker``: the job runs
-    in a worker process (launcher=local_parallel), whose death the driver survives and reports."""
-    run = sweep(args, out_root, fault=point, at=at, sig=sig)
+    in a worker process (launcher=local_parallel), whose death the driver survives and reports.
+    ``group``: the signal goes to the command's whole process group (see ``start``)."""
+    run = sweep(args, out_root, fault=point, at=at, sig=sig, group=group)
     missing = [e["where"] for e in run.events if e["event"] == "missing"]
     if missing:
         raise Lost(f"patch point not found: {', '.join(missing)} (the harness must follow the code)")
@@ -119,6 +140,28 @@ def faulted(args: list[str], out_root: Path, point: str, at: int = 1, sig: str =
     elif sig == "KILL" and run.code != -signal.SIGKILL:
         raise Lost(f"the process was not killed at {point} (exit code {run.code}):\n{run.out[-1500:]}")
     return run
+
+
+def _stopped(pid: int) -> bool:
+    """Whether the process is stopped (SIGSTOP), from /proc (Linux)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] in ("T", "t")
+    except (OSError, IndexError):
+        return False
+
+
+def paused(args: list[str], out_root: Path, point: str, at: int = 1) -> tuple[subprocess.Popen, Path]:
+    """Start the command and wait until it has stopped itself (SIGSTOP) at ``point``: the harness
+    acts on it there (``os.kill(proc.pid, signal.SIGCONT)`` then ``finish``)."""
+    proc, log = start(args, out_root, fault=point, at=at, sig="STOP")
+    deadline = time.monotonic() + TIMEOUT_S
+    while not _stopped(proc.pid):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            out, _ = proc.communicate()
+            raise Lost(f"the command never stopped at {point} (exit code {proc.returncode}):\n{out[-1500:]}")
+        time.sleep(0.02)
+    return proc, log
 
 
 # --- what a finished job must look like --------------------------------------------------------
@@ -471,6 +514,188 @@ def case_k(work: Path, ref: Reference) -> str:
     return refused_before_launch(lambda w: ["launcher=slurm"], "no node of partition")(work, ref)
 
 
+# --- faults of a job's lifecycle (issue 26) ------------------------------------------------------
+
+def case_folder_deleted(work: Path, ref: Reference) -> str:
+    """L: ``rm -rf`` of the sweep folder while its job trains (paused at iteration 11): the job fails,
+    saying its folder was deleted, instead of ending "done" without its wandb run; the rerun runs
+    it from the start."""
+    from sweeper.jobstate import read_json
+
+    out = work / "run"
+    proc, log = paused(COMMAND, out, "train-mid")
+    sweep_dir = the_sweep(out)
+    shutil.rmtree(sweep_dir)
+    os.kill(proc.pid, signal.SIGCONT)
+    run = finish(proc, log)
+    said = [line.strip() for line in run.out.splitlines() if "was deleted while the job ran" in line]
+    if run.code != 1 or not said or "Traceback" in run.out:
+        raise Lost(f"expected exit 1 and the job failed for its deleted folder, got exit {run.code}: "
+                   f"{run.out.strip()[-800:]}")
+    job = the_job_dir(out)
+    status = read_json(job / "status.json") or {}
+    code, line = status_line(sweep_dir)
+    if status.get("state") != "failed" or code != 1 or not line.startswith("failed"):
+        raise Lost(f"after the run: status.json state {status.get('state')}, sweeper.status exit {code} '{line}'")
+    strays = sorted(p.name for p in job.iterdir() if p.name != "status.json")
+    if strays:
+        raise Lost(f"files of the failed attempt left in the recreated folder: {strays}")
+    rerun, verdict = rerun_and_check(out, ref)
+    if "finished earlier" in rerun.out:
+        raise Lost("the rerun took the job for finished")
+    return f"failed: '...{said[0][said[0].index('was deleted'):][:60]}...'; {verdict}"
+
+
+def the_job_dir(out_root: Path) -> Path:
+    """The one job folder of the sweep, with or without its .hydra/ (a deleted one has none)."""
+    jobs = [p for p in the_sweep(out_root).iterdir() if p.is_dir() and not p.name.startswith(".") and p.name != "tables"]
+    if len(jobs) != 1:
+        raise Lost(f"expected one job folder, found {[p.name for p in jobs]}")
+    return jobs[0]
+
+
+def case_wandb_run_deleted(work: Path, ref: Reference) -> str:
+    """L: a finished job whose wandb/ folder was deleted is not done; the rerun runs it again."""
+    out = work / "run"
+    job = copy_of_reference(ref, out)
+    shutil.rmtree(job / "wandb")
+    code, line = status_line(job.parent)
+    if line.startswith("done") or code != 1:
+        raise Lost(f"sweeper.status says '{line.strip()}' (exit {code}) for a job without its wandb run")
+    run, verdict = rerun_and_check(out, ref)
+    if "running the job again from the start" not in run.out:
+        raise Lost(f"the rerun did not say it runs the job again: {run.out.strip()[-600:]}")
+    return f"status said '{line.split()[0]}'; {verdict}"
+
+
+def case_empty_per_image_table(work: Path, ref: Reference) -> str:
+    """M: one run's empty per_image_*.table.json: that run shows as corrupt, naming the file; the
+    sweep's other run is tabulated."""
+    import pandas as pd
+
+    out = work / "run"
+    job = copy_of_reference(ref, out)
+    sweep_dir = job.parent
+    second = sweep([*COMMAND, "seed=1", f"sweep_name='{sweep_dir.name}'"], out)  # a second job, same sweep
+    if second.code != 0:
+        raise Lost(f"the second job failed (exit {second.code}): {second.out[-800:]}")
+    (table,) = job.glob("wandb/offline-run-*/files/media/table/test/per_image_*.table.json")
+    table.write_bytes(b"")
+    proc = subprocess.run([sys.executable, "-m", "analysis.tables", str(sweep_dir)], check=False, cwd=ROOT,
+                          capture_output=True, text=True, timeout=TIMEOUT_S)
+    stats = sweep_dir / "tables" / "psnr_stats.csv"
+    named = [line for line in proc.stderr.splitlines() if str(table) in line]
+    if proc.returncode != 0 or not stats.exists() or not named or "Traceback" in proc.stderr:
+        raise Lost(f"analysis.tables: exit {proc.returncode}, stats {'written' if stats.exists() else 'missing'}, "
+                   f"file named: {bool(named)}: {proc.stderr.strip()[-600:]}")
+    frame = pd.read_csv(stats)
+    md = (sweep_dir / "tables" / "psnr.md").read_text()
+    if set(frame["status"]) != {"corrupt"} or set(frame["n"]) != {1} or "corrupt" not in md:
+        raise Lost(f"the table does not keep the good run and show the other as corrupt: status "
+                   f"{sorted(set(frame['status']))}, n {sorted(set(frame['n']))}")
+    return f"tabulated the other run (n=1 per cell), this one shown as corrupt: '{named[0].strip()[:70]}...'"
+
+
+@contextlib.contextmanager
+def full_disk(folder: Path):
+    """A small filesystem at ``folder`` that ``fill()`` fills up: a tmpfs when this process may
+    mount one (root), else this process's children get a file-size limit (RLIMIT_FSIZE) of 0
+    bytes past what exists (``limit`` for ``subprocess``'s ``preexec_fn``). Yields
+    (fill, free, preexec_fn, what)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(folder)], check=False,
+                             capture_output=True).returncode == 0 if hasattr(os, "geteuid") and os.geteuid() == 0 \
+        else False
+    filler = folder / "filler"
+
+    def fill() -> None:
+        with open(filler, "wb", buffering=0) as f:
+            for chunk in (1 << 20, 4096, 1):  # down to the last byte
+                try:
+                    while True:
+                        f.write(b"\0" * chunk)
+                except OSError:
+                    pass
+
+    def free() -> None:
+        filler.unlink(missing_ok=True)
+
+    def limit() -> None:
+        import resource
+        resource.setrlimit(resource.RLIMIT_FSIZE, (256, 256))
+
+    try:
+        if mounted:
+            yield fill, free, None, "a full 64 MB tmpfs"
+        else:
+            yield (lambda: None), (lambda: None), limit, "a 256-byte file-size limit (RLIMIT_FSIZE; not root)"
+    finally:
+        if mounted:
+            subprocess.run(["umount", str(folder)], check=False, capture_output=True)
+
+
+def case_disk_full_tables(work: Path, ref: Reference) -> str:
+    """N: the disk fills up while the tables are written: one line naming the file, the earlier
+    tables intact, no empty or partial file; with space again, the tables are written."""
+    disk = work / "disk"
+
+    def tables(sweep_dir: Path, preexec=None) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "analysis.tables", str(sweep_dir)], check=False, cwd=ROOT,
+                              capture_output=True, text=True, timeout=TIMEOUT_S, preexec_fn=preexec)
+
+    with full_disk(disk) as (fill, free, limit, what):
+        shutil.copytree(ref.job.parent, disk / "sweep", symlinks=True,
+                        ignore=shutil.ignore_patterns("*.pt", "tables"))  # the weights take room the tables need
+        shutil.copytree(ref.job.parent, disk / "fresh", symlinks=True, ignore=shutil.ignore_patterns("*.pt", "tables"))
+        first = tables(disk / "sweep")
+        if first.returncode != 0:
+            raise Lost(f"the tables failed with room to spare: {first.stderr[-600:]}")
+        before = {p.relative_to(disk): p.read_bytes() for p in (disk / "sweep" / "tables").rglob("*") if p.is_file()}
+        fill()
+        runs = {name: tables(disk / name, limit) for name in ("sweep", "fresh")}
+        free()
+        problems = []
+        for name, proc in runs.items():
+            lines = [line for line in proc.stderr.strip().splitlines() if not line.startswith("warning:")]
+            if proc.returncode != 1 or len(lines) != 1 or not lines[0].startswith("error:") or "psnr" not in lines[0]:
+                problems.append(f"{name}: exit {proc.returncode}, said {proc.stderr.strip()[-400:]!r}")
+        after = {p.relative_to(disk): p.read_bytes() for p in (disk / "sweep" / "tables").rglob("*") if p.is_file()}
+        if after != before:
+            problems.append(f"the earlier tables changed: {sorted(str(k) for k in set(after) ^ set(before))}")
+        junk = [str(p.relative_to(disk)) for p in (disk / "fresh").rglob("tables/**/*") if p.is_file()]
+        if junk:
+            problems.append(f"files left by the failed first write: {junk}")
+        if problems:
+            raise Lost("; ".join(problems))
+        again = tables(disk / "fresh")
+        written = (disk / "fresh" / "tables" / "psnr.md").is_file()
+        if again.returncode != 0 or not written:
+            raise Lost(f"with room again: exit {again.returncode}, psnr.md {'written' if written else 'missing'}")
+    said = runs["fresh"].stderr.strip().splitlines()[-1]
+    return f"{what}: '{said[:110]}'; earlier tables intact, nothing partial, written once there was room"
+
+
+def case_ctrl_c(work: Path, ref: Reference) -> str:
+    """O: Ctrl-C (SIGINT to the command's process group, as a terminal sends it) at iteration 11:
+    the job saves its state and stops, exit 130, interrupted; the rerun resumes it bit-identically."""
+    from sweeper.jobstate import read_json
+
+    out = work / "run"
+    run = faulted(COMMAND, out, "train-mid", sig="INT", group=True)
+    job = the_job(out)
+    status = read_json(job / "status.json") or {}
+    code, line = status_line(job.parent)
+    said = [line.strip() for line in run.out.splitlines() if "stopped on request" in line]
+    if run.code != 130 or "Traceback" in run.out or "KeyboardInterrupt" in run.out or not said:
+        raise Lost(f"expected exit 130 and a saved state, no traceback; got exit {run.code}: {run.out.strip()[-800:]}")
+    if status.get("state") != "interrupted" or not (status.get("reason") or "").startswith("SIGINT") or \
+            not line.startswith("interrupted"):
+        raise Lost(f"status.json: {status.get('state')} ({status.get('reason')}); sweeper.status: '{line.strip()}'")
+    saved = saved_iteration(job / "checkpoint.pt")
+    _, verdict = rerun_and_check(out, ref)
+    return f"exit 130, interrupted, checkpoint.pt at {saved}; {verdict}"
+
+
 @dataclass
 class Case:
     name: str
@@ -496,6 +721,12 @@ CASES = [
     Case("J:same-sweep-twice", "J  the same sweep started twice at once", case_j),
     Case("K:slurm-request-too-big", "K  launcher=slurm asking more than any node has", case_k),
     *[Case(f"kill:{point}", f"kill -9, {what}", kill_case(point, at)) for point, at, what in KILL_POINTS],
+    Case("L:folder-deleted-in-training", "L  the sweep folder deleted while its job trains (iteration 11)",
+         case_folder_deleted),
+    Case("L:wandb-run-deleted", "L  a finished job's wandb/ folder deleted", case_wandb_run_deleted),
+    Case("M:empty-per-image-table", "M  one run's empty per_image_*.table.json", case_empty_per_image_table),
+    Case("N:disk-full-tables", "N  the disk full while the tables are written", case_disk_full_tables),
+    Case("O:ctrl-c-in-training", "O  Ctrl-C (SIGINT to the process group) at iteration 11", case_ctrl_c),
     # the same harness in a worker process (spawned) of launcher=local_parallel; the driver lives on
     Case("kill:train-mid@local_parallel", "kill -9 of a local_parallel worker, mid training (iteration 11)",
          kill_case("train-mid", 1, ["launcher=local_parallel", "hydra.launcher.max_parallel=1"])),

@@ -16,9 +16,14 @@ def with_sweep_name(argv: list[str]) -> list[str]:
 
 def main() -> None:
     sys.argv = with_sweep_name(sys.argv)
-    from sweeper.app import main as app
+    try:
+        from sweeper.app import main as app
 
-    app()
+        app()
+    except KeyboardInterrupt:  # Ctrl-C outside a job's training (a job saves its state: sweeper.preemption)
+        print("interrupted (Ctrl-C); run the same command again to resume: finished jobs are skipped, interrupted "
+              "ones resume from their checkpoints", file=sys.stderr)
+        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ only orders the steps and records in ``status.json`` how they went.
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import signal
 import time
 import traceback
@@ -21,7 +23,16 @@ from srcore.evaluation.seal import case_means, evaluate_seal
 from srcore.models.checkpoint import save_weights
 from srcore.train import Interrupted, train
 from sweeper import build
-from sweeper.jobstate import RESULTS, STATUS, JobStatus, read_json, read_results, where, write_json
+from sweeper.jobstate import (
+    RESULTS,
+    STATUS,
+    JobStatus,
+    read_json,
+    read_results,
+    wandb_run_missing,
+    where,
+    write_json,
+)
 from sweeper.optuna_report import Pruned
 from sweeper.preemption import StopRequest
 from sweeper.preflight import validate_config
@@ -38,11 +49,19 @@ EVAL_PARTIAL = "eval_partial.json"  # the images scored before a stop request du
 def run_job(cfg: DictConfig, job_dir: Path, job_name: str, tags: list[str]) -> dict:
     """Run one job to its results, recording in ``status.json`` how it went.
 
-    A preemption/timeout signal saves the state and hands over to the requeue (see
-    ``sweeper.preemption``); any other failure is written down with its reason and
-    re-raised, so the sweep goes on with the other jobs and reports this one."""
+    A preemption/timeout signal or Ctrl-C saves the state and hands over to the requeue or
+    exits (see ``sweeper.preemption``); any other failure is written down with its reason and
+    re-raised, so the sweep goes on with the other jobs and reports this one. A job whose folder
+    is deleted while it runs fails (``JobFolder``); a finished job whose wandb run is gone runs
+    again from the start."""
     job_dir = Path(job_dir)
     done = read_results(job_dir)
+    if done is not None and cfg.logger.mode != "disabled" and wandb_run_missing(job_dir, done):
+        log.warning("%s: finished earlier, but its wandb run %s is gone from %s: running the job again from the "
+                    "start (its results, weights and checkpoints are replaced)", job_name, done["run_id"],
+                    job_dir / "wandb")
+        start_over(job_dir)
+        done = None
     if done is not None:
         if not (read_json(job_dir / STATUS) or {}).get("wandb_finished") and cfg.logger.mode != "disabled":
             repair_wandb_run(cfg, job_dir, job_name, tags, done)
@@ -52,9 +71,9 @@ def run_job(cfg: DictConfig, job_dir: Path, job_name: str, tags: list[str]) -> d
     job_dir.mkdir(parents=True, exist_ok=True)
     remove_partial_writes(job_dir)
     status = JobStatus(job_dir, job_name, cfg.train.iterations, overrides=tags)
-    with StopRequest() as stop:
+    with StopRequest() as stop, JobFolder(job_dir) as folder:
         try:
-            return _train_and_evaluate(cfg, job_dir, job_name, tags, status, stop)
+            metrics = _train_and_evaluate(cfg, job_dir, job_name, tags, status, stop, folder)
         except (Interrupted, EvaluationStopped) as e:
             where_ = (f"at iteration {e.iteration}; state saved" if isinstance(e, Interrupted) else
                       f"during evaluation ({e.suite} suite) after {len(e.rows)} images; those are kept")
@@ -62,10 +81,118 @@ def run_job(cfg: DictConfig, job_dir: Path, job_name: str, tags: list[str]) -> d
             log.warning("%s: %s", job_name, e)
             stop.hand_over()
             raise
+        except KeyboardInterrupt:  # Ctrl-C twice: stopped at once, nothing saved now
+            status.write(state="interrupted", reason=f"SIGINT twice at iteration {status.data['iteration']}: stopped "
+                         "at once; the rerun resumes from the last checkpoint")
+            log.warning("%s: stopped at once (Ctrl-C twice); the rerun resumes from the last checkpoint", job_name)
+            raise
+        except FolderVanished as e:
+            e.remove_strays()  # what this attempt wrote after the deletion: the rerun starts over
+            status.write(state="failed", reason=str(e)[:500])
+            raise
         except Exception as e:
             status.write(state="failed", reason=f"{type(e).__name__}: {e}"[:500],
                          traceback=traceback.format_exc()[-4000:])
             raise
+    if stop.signum == signal.SIGINT:  # Ctrl-C after the last point the job asks (writing its results): it is done
+        log.warning("%s: finished before it could stop; stopping here on Ctrl-C", job_name)
+        raise SystemExit(128 + signal.SIGINT)
+    return metrics
+
+
+def start_over(job_dir: Path) -> None:
+    """Remove what makes a job done or resumable (results, weights, checkpoints, kept evaluation
+    rows), so that it runs again from its first iteration, and wandb run folders left without
+    their ``.wandb`` file (written into after it was deleted)."""
+    for name in (RESULTS, WEIGHTS, CHECKPOINT, f"{Path(CHECKPOINT).stem}.prev.pt", EVAL_PARTIAL):
+        (job_dir / name).unlink(missing_ok=True)
+    for run_dir in job_dir.glob("wandb/*run-*"):
+        if run_dir.is_dir() and not run_dir.is_symlink() and not any(run_dir.glob("run-*.wandb")):
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+class FolderVanished(RuntimeError):
+    """The job's folder, or its wandb run file, was deleted while the job ran: the run's history
+    (and, with the folder, the log, ``.hydra/`` and checkpoints) went with it, so this attempt
+    cannot end as a complete job."""
+
+    def __init__(self, folder: JobFolder, when: str, what: str | None = None):
+        self.folder, self.run_only = folder, what is not None
+        if what is None:
+            message = (f"its folder was deleted while the job ran (noticed {when}), and with it its wandb run, log and "
+                       f"checkpoints; run the same command again to run the job from the start ({folder.job_dir})")
+        else:
+            message = (f"its wandb run file was deleted while the job ran (noticed {when}); run the same command "
+                       "again: the job resumes from its checkpoint into a new folder of the same wandb run, without "
+                       f"the curves before it ({folder.job_dir / what})")
+        super().__init__(message)
+
+    def remove_strays(self) -> None:
+        """What this attempt wrote after the deletion: into a folder recreated by its writes, a
+        checkpoint from the middle of a run whose start is gone (the rerun starts over); and the
+        wandb run's folder of files without its ``.wandb`` file."""
+        job_dir, run_dir = self.folder.job_dir, self.folder.run_dir
+        if not self.run_only and _identity(job_dir) not in (None, self.folder.identity):
+            start_over(job_dir)
+        if run_dir is not None and run_dir.is_dir() and not self.folder.run_file.exists():
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+class JobFolder:
+    """Notices the job's folder vanishing while the job runs (``rm -rf`` of the sweep, a cleanup
+    script): the folder is no longer there, or is another one with the same name (recreated by
+    a write), or the job's wandb run file is gone. ``check`` raises ``FolderVanished``; it is
+    called after every training iteration and before the job writes its weights and results,
+    so such an attempt fails, saying why, instead of finishing as a job without its run.
+
+    A context manager: inside it, an open descriptor keeps the folder's inode, so that a folder
+    recreated under the same name can never be given the same inode number."""
+
+    def __init__(self, job_dir: Path):
+        self.job_dir = Path(job_dir)
+        self.identity: tuple[int, int] | None = None
+        self._fd: int | None = None
+        self.run_dir: Path | None = None  # the wandb run's folder, once it has one
+        self.run_file: Path | None = None  # its .wandb file
+        self._run_seen = False
+
+    def __enter__(self) -> JobFolder:
+        self._fd = os.open(self.job_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+        st = os.fstat(self._fd)
+        self.identity = st.st_dev, st.st_ino
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def watch_run(self, run) -> None:
+        """Also watch the job's wandb run (its ``.wandb`` file, once wandb has written it)."""
+        self.run_dir = run.files_dir
+        if self.run_dir is not None:
+            self.run_file = self.run_dir / f"run-{run.id}.wandb"
+            self._run_seen = self.run_file.exists()
+
+    def check(self, when: str) -> None:
+        if _identity(self.job_dir) != self.identity:
+            raise FolderVanished(self, when)
+        if self.run_file is not None:
+            exists = self.run_file.exists()
+            if self._run_seen and not exists:
+                raise FolderVanished(self, when, str(self.run_file.relative_to(self.job_dir)))
+            self._run_seen = self._run_seen or exists
+
+    def on_iteration(self, iteration: int) -> None:
+        self.check(f"after iteration {iteration}")
 
 
 def remove_partial_writes(job_dir: Path) -> None:
@@ -80,12 +207,13 @@ def remove_partial_writes(job_dir: Path) -> None:
 
 
 def _train_and_evaluate(cfg: DictConfig, job_dir: Path, job_name: str, tags: list[str], status: JobStatus,
-                        stop: StopRequest) -> dict:
+                        stop: StopRequest, folder: JobFolder) -> dict:
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
     service_start = start_service(cfg)
     settings, test_sets, degrade, patches, model = _build_job(cfg)
     run = JobRun(cfg, job_dir, job_name, tags, service_start)
+    folder.watch_run(run)
     _record_trial(cfg, job_dir, run)
     progress = JobProgress(cfg.logger.get("progress", "auto"), cfg.logger.get("progress_every_s", 30),
                            cfg.train.iterations, val_key=f"val/{cfg.data.val_set}/clean/psnr")
@@ -98,7 +226,7 @@ def _train_and_evaluate(cfg: DictConfig, job_dir: Path, job_name: str, tags: lis
         try:
             final = train(model, patches, degrade, settings, job_dir / CHECKPOINT,
                           log_metrics=_metrics_logger(cfg, run, status, progress, val_images), validate=validate,
-                          on_iteration=_each(status.heartbeat, progress.on_iteration),
+                          on_iteration=_each(folder.on_iteration, status.heartbeat, progress.on_iteration),
                           should_stop=lambda: stop.requested)
         except Pruned as e:  # a clean end, not a failure: the study has seen the reports
             status.write(state="pruned", iteration=e.step, reason=str(e))
@@ -106,6 +234,7 @@ def _train_and_evaluate(cfg: DictConfig, job_dir: Path, job_name: str, tags: lis
             exit_code = 0
             return {"pruned_at": e.step}
         train_seconds = time.perf_counter() - t0
+        folder.check("after training")
         save_weights(model, job_dir / WEIGHTS, ema_model=final if final is not model else None)
 
         status.write(iteration=cfg.train.iterations, phase="evaluating")
@@ -126,6 +255,7 @@ def _train_and_evaluate(cfg: DictConfig, job_dir: Path, job_name: str, tags: lis
                    "eval_seconds": eval_seconds, "attempt": status.data["attempt"], "ran_on": where()}
         if cfg.get("interpret") and cfg.interpret.after_training:
             run.summarize(interpret_after_training(cfg, net, test_sets, job_dir, job_name))
+        folder.check("before writing results.json")
         write_json(job_dir / RESULTS, results)
         (job_dir / EVAL_PARTIAL).unlink(missing_ok=True)
         status.write(state="done", phase=None)

@@ -43,12 +43,30 @@ def read_results(job_dir: Path) -> dict | None:
     return results
 
 
+def wandb_run_missing(job_dir: Path, results: dict) -> bool:
+    """Whether a job that logged to wandb (its results say so: ``config.logger.mode`` not
+    ``disabled``) has lost its wandb run: no ``wandb/*run-*/run-<id>.wandb`` in its folder (the
+    folder, or its ``wandb/``, was deleted while or after it ran). Such a job is not done: the
+    run's history cannot be rebuilt from ``results.json``, so ``sweeper.job.run_job`` runs it
+    again. A job killed before its wandb run finished (``wandb_finished`` False) is the other
+    case: its run is completed from its results."""
+    mode = ((results.get("config") or {}).get("logger") or {}).get("mode")
+    run_id = results.get("run_id")
+    if mode in (None, "disabled") or not run_id:
+        return False
+    if (read_json(Path(job_dir) / STATUS) or {}).get("wandb_finished") is False:
+        return False
+    return not any(Path(job_dir).glob(f"wandb/*run-*/run-{run_id}.wandb"))
+
+
 def is_done(job_dir: Path) -> bool:
     """Nothing is left to do for the job: its results are complete and its wandb run finished.
     A job killed between writing ``results.json`` and finishing its wandb run (status.json's
     ``wandb_finished`` is still False) is launched again, and ``sweeper.job.run_job`` only
-    completes the run from its results; folders written before that field existed count as done."""
-    if read_results(job_dir) is None:
+    completes the run from its results; folders written before that field existed count as done.
+    A job whose wandb run is gone (``wandb_run_missing``) is launched again and runs anew."""
+    results = read_results(job_dir)
+    if results is None or wandb_run_missing(job_dir, results):
         return False
     return (read_json(Path(job_dir) / STATUS) or {}).get("wandb_finished", True) is not False
 
@@ -133,6 +151,9 @@ def job_state(job_dir: Path) -> tuple[str, dict]:
     job_dir = Path(job_dir)
     results = read_results(job_dir)
     status = read_json(job_dir / STATUS) or {}
+    if results is not None and wandb_run_missing(job_dir, results):
+        return "failed", {**status, "results": results, "reason": f"its wandb run {results['run_id']} is missing from "
+                          f"{job_dir / 'wandb'}; the same command runs the job again"}
     if results is not None:
         return "done", {**status, "results": results}
     state = status.get("state")

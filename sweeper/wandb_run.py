@@ -183,15 +183,19 @@ class ValidationImages:
 class JobRun:
     """The job's wandb run. ``log`` never fails the job: a signal sent to the whole job step
     (scancel, preemption) also ends wandb's service process, and training must still reach
-    its next iteration and save its state."""
+    its next iteration and save its state. With ``logger.mode=disabled`` there is no run and
+    wandb is never imported (a machine with only PyTorch runs such jobs): every call is a no-op."""
 
     def __init__(self, cfg: DictConfig, job_dir: Path, job_name: str, tags: list[str],
                  service_start: threading.Thread | None):
         if service_start is not None:
             service_start.join()
+        self.job_name, self.lost = job_name, None
+        if cfg.logger.mode == "disabled":
+            self.run, self.id = None, run_id(cfg.sweep_name, job_name)
+            return
         import wandb
 
-        self.job_name, self.lost = job_name, None
         self.run = wandb.init(
             project=cfg.logger.project, entity=cfg.logger.entity, mode=cfg.logger.mode,
             group=cfg.sweep_name or "runs", job_type="train", name=job_name,
@@ -206,7 +210,7 @@ class JobRun:
         self.id = self.run.id
 
     def log(self, metrics: dict, step: int | None = None) -> None:
-        if self.lost is not None:
+        if self.lost is not None or self.run is None:
             return
         try:
             self.run.log(metrics, step=step)
@@ -218,6 +222,8 @@ class JobRun:
                     panels: dict[str, tuple[np.ndarray, str]] | None = None) -> None:
         """The final metrics: ``summary`` into the run's summary, the tables onto its page, and
         ``panels`` ({degradation: (image, caption)}) as ``images/<degradation>``."""
+        if self.run is None:
+            return
         import wandb
 
         self.summarize(summary)
@@ -230,16 +236,21 @@ class JobRun:
     @property
     def files_dir(self) -> Path | None:
         """The run's folder (offline: ``<job>/wandb/offline-run-<time>-<id>``), or None."""
+        if self.run is None:
+            return None
         try:
             return Path(self.run.dir).parent
         except Exception:  # noqa: BLE001 - a disabled run has no folder
             return None
 
     def summarize(self, values: dict) -> None:
-        self.run.summary.update(values)
+        if self.run is not None:
+            self.run.summary.update(values)
 
     def finish(self, exit_code: int) -> bool:
         """Finish the run; False (with a warning) when wandb could not."""
+        if self.run is None:
+            return True
         try:
             self.run.finish(exit_code=exit_code)
         except Exception as e:  # a signal to the whole job step (scancel) may have ended wandb's service

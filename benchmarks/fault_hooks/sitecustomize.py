@@ -5,7 +5,10 @@ with it (the sweep driver, which runs jobs itself under ``launcher=local``, and 
 processes of ``launcher=local_parallel``) imports this file at start-up and wraps the point's
 function, by module attribute, right after its module is first imported. At the
 ``SR_FAULT_AT``-th call (default 1) that matches, the process sends itself ``SR_FAULT_SIGNAL``
-(default KILL: ``kill -9``, nothing runs after it). Without ``SR_FAULT`` nothing is patched.
+(default KILL: ``kill -9``, nothing runs after it; STOP pauses it for the harness to act, e.g.
+delete its folder, and continue it). ``SR_FAULT_TARGET=group`` sends the signal to the process's
+whole process group instead, as a terminal does with Ctrl-C (start the command in its own
+session). Without ``SR_FAULT`` nothing is patched.
 
 ``SR_FAULT_LOG`` (a file) receives one JSON line per event: ``missing`` (the point's module
 was imported but has no such function: the code moved, the case cannot run), ``fired``
@@ -25,6 +28,7 @@ POINT = os.environ.get("SR_FAULT", "")
 AT = int(os.environ.get("SR_FAULT_AT", "1"))
 SIGNAL = getattr(signal, "SIG" + os.environ.get("SR_FAULT_SIGNAL", "KILL"))
 LOG = os.environ.get("SR_FAULT_LOG")
+GROUP = os.environ.get("SR_FAULT_TARGET") == "group"
 _calls = 0
 
 
@@ -44,7 +48,10 @@ def _strike(detail: str) -> None:
     _calls += 1
     if _calls == AT:
         _record("fired", call=_calls, detail=detail)
-        os.kill(os.getpid(), SIGNAL)
+        if GROUP:
+            os.killpg(os.getpgrp(), SIGNAL)
+        else:
+            os.kill(os.getpid(), SIGNAL)
 
 
 def before(match=lambda *a, **k: True, describe=lambda *a, **k: ""):

@@ -126,6 +126,7 @@ class ValidatingSweeper(BasicSweeper):
         return jobs, job_dirs
 
     def write_manifest(self, sweep_dir: Path, jobs: list[list[str]], job_dirs: list[Path]) -> None:
+        sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         # Several commands may share a sweep folder (same sweep_name): the manifest keeps them all.
         previous = (read_json(sweep_dir / MANIFEST) or {}).get("jobs", [])
@@ -162,6 +163,9 @@ class ValidatingSweeper(BasicSweeper):
                     failures.append((labels[i], reason))
             if in_process:
                 progress.report()
+        if not (sweep_dir / MANIFEST).exists():  # the sweep folder was deleted while its jobs ran
+            log.warning("sweep: %s was deleted while the sweep ran; written again", sweep_dir / MANIFEST)
+            self.write_manifest(sweep_dir, jobs, job_dirs)
         if getattr(self.launcher, "detach", False):
             log.info("sweep: submitted; nothing waits for the jobs here. `python -m sweeper.status %s` shows where "
                      "they stand; `python -m analysis.tables %s` tables the finished ones", sweep_dir, sweep_dir)
