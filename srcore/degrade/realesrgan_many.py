@@ -109,12 +109,16 @@ def degrade_many(deg, hrs: Sequence[torch.Tensor], g: torch.Generator, views: in
                                                        repr(plan1[i][0]), i))
     rows = np.concatenate([np.arange(n) + units[i][0] * n for i in order1])
     x = target.index_select(0, torch.from_numpy(rows).to(dev, non_blocking=True))
-    p1 = params_to(_cat([prm[i] for i in order1], ("kernel1", "kernel2", "blur2", "noise1", "jpeg1")), dev)
+    host = _cat([prm[i] for i in order1], ("kernel1", "kernel2", "blur2", "noise1", "jpeg1"))
+    # both stages' blur kernels in one build: stage 1's samples, then stage 2's
+    k1, k2 = host.pop("kernel1"), host.pop("kernel2")
+    host["kernels"] = {k: torch.cat([k1[k], k2[k]]) for k in k1}
+    p1 = params_to(host, dev)
+    kernels = kernels_from_params(p1["kernels"], 21)
 
     # stage 1: one blur for all, the resize per run of units with the same one
-    out = filter2d(x, kernels_from_params(p1["kernel1"], 21), "torch")
-    k2 = torch.where(p1["blur2"][:, None, None], kernels_from_params(p1["kernel2"], 21),
-                     pulse_kernels(out.shape[0], 21, dev))
+    out = filter2d(x, kernels[:x.shape[0]], "torch")
+    k2 = torch.where(p1["blur2"][:, None, None], kernels[x.shape[0]:], pulse_kernels(x.shape[0], 21, dev))
     runs1 = [Run(n, *plan1[i][1]) for i in order1]
     stage2 = {}  # unit -> its stage-2-resized images (n, 3, h2, w2)
     plan2 = {}
@@ -213,20 +217,17 @@ def _crops(deg, target: torch.Tensor, lr: torch.Tensor, units, pos: dict, n: int
     lq, sc = deg.gt_patch // deg.scale, deg.scale
     if lh < lq or lw < lq:
         raise ValueError(f"LR {lh}x{lw} is smaller than the LR patch {lq}")
-    tops, lefts, lr_rows, hr_rows = [], [], [], []
-    for u in order:
-        b, params, crop = units[u]
-        if crop is None:
-            uc = params["crop"].to("cpu")
-            t = (uc[:, 0] * (lh - lq + 1)).long().clamp_max(lh - lq).numpy()
-            l_ = (uc[:, 1] * (lw - lq + 1)).long().clamp_max(lw - lq).numpy()
-        else:
-            t, l_ = np.asarray(crop.tops), np.asarray(crop.lefts)
-        tops.append(t)
-        lefts.append(l_)
-        lr_rows.append(pos[u] * n + np.arange(n))
-        hr_rows.append(b * n + np.arange(n))
-    tops, lefts = np.concatenate(tops)[:, None], np.concatenate(lefts)[:, None]
+    if views == 1:  # each sample's own drawn place, as paired_crop computes it (for all at once)
+        uc = torch.cat([units[u][1]["crop"] for u in order]).to("cpu")
+        tops = (uc[:, 0] * (lh - lq + 1)).long().clamp_max(lh - lq).numpy()
+        lefts = (uc[:, 1] * (lw - lq + 1)).long().clamp_max(lw - lq).numpy()
+    else:  # the views' shared crop (drawn by draw_crop; None where there is nothing to cut)
+        crops = [units[u][2] for u in order]
+        tops = np.concatenate([np.zeros(n, np.int64) if c is None else np.asarray(c.tops) for c in crops])
+        lefts = np.concatenate([np.zeros(n, np.int64) if c is None else np.asarray(c.lefts) for c in crops])
+    tops, lefts = tops[:, None], lefts[:, None]
+    lr_rows = [pos[u] * n + np.arange(n) for u in order]
+    hr_rows = [units[u][0] * n + np.arange(n) for u in order]
     lr_out = _gather(lr, np.concatenate(lr_rows), tops + np.arange(lq), lefts + np.arange(lq))
     hr_out = _gather(target, np.concatenate(hr_rows), tops * sc + np.arange(lq * sc), lefts * sc + np.arange(lq * sc))
     m = views * n
