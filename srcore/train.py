@@ -311,6 +311,18 @@ def _validate_save_stop(state: TrainingState, cfg: TrainSettings, checkpoint: Pa
                         log_metrics, validate, on_iteration, should_stop, window: LossWindow) -> None:
     """What follows an optimisation step: validation, checkpoint, progress report, stop request.
     Each of them first checks the losses since the last check (``LossWindow.check``)."""
+    saved = _validate_and_save(state, cfg, checkpoint, iteration, log_metrics, validate, window)
+    on_iteration(iteration)
+    if should_stop() and iteration < cfg.iterations:
+        if not saved:
+            window.check(iteration)
+            state.save(checkpoint, iteration)
+        raise Interrupted(iteration, checkpoint)
+
+
+def _validate_and_save(state: TrainingState, cfg: TrainSettings, checkpoint: Path, iteration: int, log_metrics,
+                       validate, window: LossWindow) -> bool:
+    """Validation and the checkpoint where their steps fall; whether a checkpoint was written."""
     if validate is not None and (iteration % cfg.val_every == 0 or iteration == cfg.iterations):
         window.check(iteration)
         val = validate(state.ema if cfg.ema_decay > 0 else state.model)
@@ -321,9 +333,4 @@ def _validate_save_stop(state: TrainingState, cfg: TrainSettings, checkpoint: Pa
     if saved:
         window.check(iteration)
         state.save(checkpoint, iteration)
-    on_iteration(iteration)
-    if should_stop() and iteration < cfg.iterations:
-        if not saved:
-            window.check(iteration)
-            state.save(checkpoint, iteration)
-        raise Interrupted(iteration, checkpoint)
+    return saved

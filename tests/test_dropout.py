@@ -27,8 +27,8 @@ def validate_dropout(position, p, kind, num_blocks, num_up=2):
 def test_make_dropout_kinds():
     assert DROPOUT_KINDS == ("channel", "element")
     ch, el = make_dropout("channel", 0.7), make_dropout("element", 0.3)
-    assert type(ch) is nn.Dropout2d and ch.p == 0.7
-    assert type(el) is nn.Dropout and el.p == 0.3
+    assert isinstance(ch, nn.Dropout2d) and ch.p == 0.7
+    assert isinstance(el, nn.Dropout) and not isinstance(el, nn.Dropout2d) and el.p == 0.3
     assert list(ch.parameters()) == [] and ch.state_dict() == {}
     assert make_dropout("channel", 0).p == 0.0
     assert make_dropout("channel", np.float32(0.5)).p == 0.5

@@ -198,7 +198,7 @@ def test_load_model_rebuilds_the_network_from_its_file(tmp_path):
         "upscale": 2, "regularizers": [{"name": "dropout", "position": ["b1", "last"], "p": 0.5, "kind": "element"}]}
     loaded = load_model(path)
     assert type(loaded) is RRDBNet and not loaded.training and loaded.model_args == model.model_args
-    assert type(loaded.sites["last"]) is nn.Dropout and loaded.regularizers[0].sites == {"b1", "last"}
+    assert isinstance(loaded.sites["last"], nn.Dropout) and loaded.regularizers[0].sites == {"b1", "last"}
     for k, v in ema.state_dict().items():  # EMA preferred, as load_weights
         assert torch.equal(loaded.state_dict()[k], v), k
 
@@ -277,7 +277,7 @@ def test_site_modules(name):
     (reg,) = m.regularizers
     assert reg.sites == {"b2", "last", "inblock4"}
     for site, module in sites.items():
-        assert type(module) is (nn.Dropout if site in reg.sites else nn.Identity)
+        assert isinstance(module, nn.Dropout if site in reg.sites else nn.Identity)
         assert list(module.parameters()) == []
     assert sites["inblock2"] is m.body[1].site
 
@@ -342,7 +342,7 @@ def test_element_dropout_zeroes_elements_not_maps(name):
     t = seen["last"]
     assert 0.4 < (t == 0).float().mean() < 0.6
     assert not zero_channels(t).any()
-    assert type(m.sites["last"]) is nn.Dropout
+    assert isinstance(m.sites["last"], nn.Dropout)
 
 
 @pytest.mark.parametrize("name", ["srresnet", "rrdb"])

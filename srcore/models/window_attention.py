@@ -16,6 +16,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from srcore import noise
+
 
 @torch.no_grad()
 def trunc_normal_(tensor: torch.Tensor, std: float, bound: float = 2.0) -> torch.Tensor:
@@ -85,11 +87,7 @@ class DropPath(nn.Module):
         self.p = p
 
     def forward(self, x):
-        if self.p == 0 or not self.training:
-            return x
-        keep = 1 - self.p
-        mask = (keep + torch.rand((x.shape[0],) + (1,) * (x.ndim - 1), dtype=x.dtype, device=x.device)).floor_()
-        return x.div(keep) * mask
+        return noise.stochastic_depth(x, self.p) if self.training else x
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
@@ -107,7 +105,7 @@ class Mlp(nn.Module):
         self.fc1 = nn.Linear(dim, hidden)
         self.act = nn.GELU()
         self.fc2 = nn.Linear(hidden, dim)
-        self.drop = nn.Dropout(drop)
+        self.drop = noise.Dropout(drop)
 
     def forward(self, x):
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
@@ -150,9 +148,9 @@ class WindowAttention(nn.Module):
         if own_index:
             self.register_buffer("relative_position_index", relative_position_index(window_size))
         self.qkv = nn.Linear(dim, dim * 3)
-        self.attn_drop = nn.Dropout(attn_drop)
+        self.attn_drop = noise.Dropout(attn_drop)
         self.proj = nn.Linear(dim, dim)
-        self.proj_drop = nn.Dropout(proj_drop)
+        self.proj_drop = noise.Dropout(proj_drop)
         trunc_normal_(self.relative_position_bias_table, std=0.02)
         self.softmax = nn.Softmax(dim=-1)
 

@@ -24,6 +24,8 @@ import math
 import torch
 from torch import nn
 
+from srcore import noise
+
 from .backbone import DIV2K_RGB_MEAN, Backbone
 from .swinir_blocks import residual_conv
 from .upsample import Upsample, num_stages
@@ -98,7 +100,7 @@ class WindowTransformerSR(Backbone):
         self.register_buffer("mean", mean.view(1, -1, 1, 1), persistent=False)
         self.conv_first = nn.Conv2d(in_chans, embed_dim, 3, 1, 1)
         self.patch_embed = PatchEmbed(embed_dim)
-        self.pos_drop = nn.Dropout(p=drop_rate)
+        self.pos_drop = noise.Dropout(p=drop_rate)
 
     def _build_body_end(self, embed_dim: int, resi_connection: str) -> None:
         self.norm = nn.LayerNorm(embed_dim)

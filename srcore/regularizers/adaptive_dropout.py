@@ -23,8 +23,9 @@ import numbers
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+
+from srcore import noise
 
 from .base import Regularizer, check_choice, check_real, register_regularizer
 from .sites import numbered_sites
@@ -41,9 +42,7 @@ class AdaptiveDropoutLayer(nn.Module):
         self.p, self.weight = p, weight
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.weight == 1.0:
-            return x
-        return self.weight * x + (1.0 - self.weight) * F.dropout2d(x, self.p, training=True)
+        return noise.adaptive_dropout(x, self.p, self.weight) if self.training else x
 
     def extra_repr(self) -> str:
         return f"p={self.p}, weight={self.weight}"

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 from torch import nn
 
+from srcore import noise
+
 from .base import Regularizer, register_regularizer
 from .sites import resolve_sites
 
@@ -34,9 +36,10 @@ def check_p(p) -> float:
 
 
 def make_dropout(kind: str, p: float) -> nn.Module:
-    """Channel-wise (Dropout2d, zeroes whole feature maps) or element-wise dropout."""
+    """Channel-wise (Dropout2d, zeroes whole feature maps) or element-wise dropout (``nn``'s,
+    drawing through ``srcore.noise`` so a fused group gives each job its own masks)."""
     kind, p = check_kind(kind), check_p(p)
-    return nn.Dropout2d(p) if kind == "channel" else nn.Dropout(p)
+    return noise.Dropout2d(p) if kind == "channel" else noise.Dropout(p)
 
 
 @register_regularizer

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
+from srcore import noise
+
 from .base import Regularizer, check_choice, check_real, register_regularizer
 from .sites import numbered_sites
 
@@ -31,11 +33,7 @@ class DropPathLayer(nn.Module):
         self.rate = rate
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.training or self.rate == 0.0:
-            return x
-        keep = 1.0 - self.rate
-        mask = torch.empty((x.shape[0],) + (1,) * (x.dim() - 1), dtype=x.dtype, device=x.device).bernoulli_(keep)
-        return x * (mask / keep)
+        return noise.drop_path(x, self.rate) if self.training else x
 
     def extra_repr(self) -> str:
         return f"rate={self.rate}"
