@@ -17,6 +17,18 @@ Prints one Markdown table and, with ``--json``, writes its rows. The checks:
   noise on (the noise each adds, std ratio per image; 1 in distribution).
 * **speed**: batches/s of the paper's batch (16 GT crops of 400 px), ``resize_bucket`` 1 (the
   official sizes) and 8, after a warm-up; and the number of distinct stage-1/2 shapes.
+* **super-batches** (``--many 1,4,8,16``): K batches (distinct crops) degraded in one
+  ``Degradation.many`` call against the loop of K plain calls (today's path) on the same
+  batches with the same draws, so the same work: per K, milliseconds per batch amortized (median
+  of ``--many-rounds`` rounds after a warm-up, the two alternating, the device synchronised
+  around each) and the aten ops per batch dispatched by the image pipeline (a dispatch-mode
+  count; the host's parameter draws, the same for both, counted apart), their ratios, and
+  whether the super-batch waited for the device (CUDA: ``set_sync_debug_mode("error")``; CPU:
+  host reads).
+  ``--group-px`` (e.g. ``0,1048576,inf``): the padded groups' price
+  (``RealESRGANDegradation.group_px``; default: the device's). ``--only-many`` skips the rest.
+
+    python benchmarks/degradation_device.py --device cuda --many 1,4,8,16 --group-px default,0,inf
 """
 from __future__ import annotations
 
@@ -33,7 +45,7 @@ if str(ROOT) not in sys.path:
 
 import torch  # noqa: E402
 
-from tests.degrade_params import OpLog, paper_realesrgan, photo_batch  # noqa: E402
+from tests.degrade_params import OpLog, PipelineOps, paper_realesrgan, photo_batch, photo_batches  # noqa: E402
 
 def degradation(backend: str, gt_patch: int, **over):
     return paper_realesrgan(backend, gt_patch, **over)
@@ -91,6 +103,10 @@ def main(argv=None) -> int:
     ap.add_argument("--gt-crop", type=int, default=400)
     ap.add_argument("--batches", type=int, default=20)
     ap.add_argument("--json", type=Path, default=None)
+    ap.add_argument("--many", default="", help="super-batch sizes K, e.g. 1,4,8,16 (K = 1: one call per batch)")
+    ap.add_argument("--many-rounds", type=int, default=3, help="timed super-batches per K")
+    ap.add_argument("--group-px", default="default", help="group_px values, e.g. default,0,inf")
+    ap.add_argument("--only-many", action="store_true", help="only the super-batch rows")
     args = ap.parse_args(argv)
     device = torch.device(args.device)
     gt_patch = min(128, args.gt_crop // 4 * 4)
@@ -101,6 +117,10 @@ def main(argv=None) -> int:
     print(f"degradation on {dev_name}: batch {args.batch} x {args.gt_crop} px, torch {torch.__version__}",
           file=sys.stderr)
 
+    if args.many:
+        rows += many_rows(args, gt_patch, device)
+    if args.only_many:
+        return report(rows, dev_name, args.json)
     deg = degradation("torch", gt_patch)
     lr_of(deg, hr, 0)  # warm-up: constants, kernels, allocator
     rows.append(("no sync", sync_free(deg, hr, range(1, 1 + min(args.batches, 6)), device)))
@@ -130,12 +150,81 @@ def main(argv=None) -> int:
         sizes = {_stage_sizes(dg, args.gt_crop, s) for s in range(500)}
         rows.append((f"resize_bucket={bucket}: batches/s (median); distinct (stage-1, stage-2) sizes in 500 draws",
                      f"{1 / sec:.2f}; {len(sizes)}"))
+    return report(rows, dev_name, args.json)
+
+
+def report(rows, dev_name: str, json_path: Path | None) -> int:
     print(f"| check ({dev_name}) | result |\n|---|---|")
     for name, value in rows:
         print(f"| {name} | {value} |")
-    if args.json:
-        args.json.write_text(json.dumps([{"check": n, "result": v, "device": dev_name} for n, v in rows], indent=1))
+    if json_path:
+        json_path.write_text(json.dumps([{"check": n, "result": v, "device": dev_name} for n, v in rows], indent=1))
     return 0
+
+
+def many_rows(args, gt_patch: int, device: torch.device) -> list[tuple[str, str]]:
+    """The super-batch rows (module doc): per group_px and K, ms per batch amortized and aten
+    ops per batch of ``many`` and of the loop of K plain calls on the same K batches with the
+    same draws (the same work), alternated round by round, and their ratios."""
+    ks = sorted({int(k) for k in args.many.split(",")})
+    hrs = [h.to(device) for h in photo_batches(max(ks), args.batch, args.gt_crop)]
+    rows = []
+    for gp in args.group_px.split(","):
+        deg = degradation("torch", gt_patch)
+        deg.group_px = None if gp == "default" else float(gp)
+        label = f"group_px={gp}" + (f" ({'0 on the CPU' if device.type == 'cpu' else '2^20'})" if gp == "default" else "")
+        for k in ks:
+            def loop(seed: int, k=k):
+                g = torch.Generator().manual_seed(seed)
+                return [deg(hr, g) for hr in hrs[:k]]
+
+            def many(seed: int, k=k):
+                return deg.many(hrs[:k], torch.Generator().manual_seed(seed), 1)
+
+            calls = {"loop": loop} if k == 1 else {"loop": loop, "many": many}
+            ops, ms = {}, {}
+            for name, call in calls.items():
+                call(999)  # warm-up: constants, allocator
+                with PipelineOps(deg) as log:
+                    call(1000)
+                ops[name] = (len(log.ops) / k, log.draws / k, log.host_reads)
+            times = {name: [] for name in calls}
+            for r in range(args.many_rounds):
+                for name in (calls if r % 2 == 0 else list(calls)[::-1]):  # alternating order
+                    _sync(device)
+                    t0 = time.perf_counter()
+                    calls[name](2000 + r)
+                    _sync(device)
+                    times[name].append(time.perf_counter() - t0)
+            for name in calls:
+                ms[name] = statistics.median(times[name]) / k * 1e3
+            if k == 1:
+                value = f"{ms['loop']:.2f} ms; {ops['loop'][0]:.0f} ops (+{ops['loop'][1]:.0f} host draws)"
+            else:
+                sync = many_sync_free(many, device) if device.type == "cuda" else f"{ops['many'][2]} host reads"
+                value = (f"{ms['many']:.2f} ms vs {ms['loop']:.2f} ms ({ms['loop'] / ms['many']:.2f}x); "
+                         f"{ops['many'][0]:.0f} ops vs {ops['loop'][0]:.0f} ({ops['loop'][0] / ops['many'][0]:.2f}x fewer) "
+                         f"(+{ops['many'][1]:.0f} host draws); {sync}")
+            rows.append((f"super-batch K={k}, {label}: ms per batch amortized, many vs loop of K calls (same draws); "
+                         f"aten ops per batch; waits", value))
+            print(value, f"[{label}, K={k}, {args.batch} x {args.gt_crop} px]", file=sys.stderr)
+    return rows
+
+
+def many_sync_free(call, device) -> str:
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        call(3000)
+    except RuntimeError as e:
+        return f"waits: {str(e).splitlines()[0][:60]}"
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return "no sync"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def _stage_sizes(deg, crop: int, seed: int) -> tuple[int, int]:

@@ -232,10 +232,6 @@ def test_the_resize_plan_is_what_the_resize_does():
             assert tuple(z.shape[-2:]) == s2 and (key2 == ("id",)) == (z is y)
 
 
-def _padded(layout: Layout, images: list[torch.Tensor]) -> torch.Tensor:
-    return layout.place(images)
-
-
 def test_ragged_filter_jpeg_and_draws_equal_each_image_alone():
     """In a replicate-padded group of images of different (odd, even, < 16 and > 16 px) sizes:
     the reflect-border filter, the JPEG codec (its edge expansion and chroma edge) and the noise
@@ -244,7 +240,7 @@ def test_ragged_filter_jpeg_and_draws_equal_each_image_alone():
     sizes = [(45, 38), (33, 33), (30, 41), (17, 9)]
     images = [torch.rand(2, 3, h, w) for h, w in sizes]
     layout = Layout([Run(2, h, w) for h, w in sizes])
-    x = _padded(layout, images)
+    x = layout.place(images)
     kernels = torch.rand(8, 21, 21)
     kernels /= kernels.sum((1, 2), keepdim=True)
     q = torch.tensor([30, 95, 50, 75, 40, 60, 90, 35])

@@ -58,6 +58,12 @@ the batch seed and an inverse-CDF Poisson sampler; several times faster on a few
 independent of the thread count. The two backends agree up to float rounding except for the
 noise realisations and the JPEG codec (the PyTorch codec is within ~0.4 levels of libjpeg).
 
+Super-batches. ``many(hrs, g, views)`` degrades K batches in one call with exactly the draws and
+per-sample results of K calls; on the torch backend it builds every kernel and runs the stage-1
+blur, the final sinc and the crops once for all, and the batches' differently-sized middles in
+replicate-padded groups (``srcore.degrade.realesrgan_many``), so a GPU pays the launches once
+per super-batch. The OpenCV path loops.
+
 Other details, as the official code: resizing is ``F.interpolate`` (``srcore.degrade.resize``:
 no antialiasing, align_corners=False, "area" = adaptive average pooling; stage 1 by
 ``scale_factor``; the cv2 backend does "bilinear" / "bicubic" with the identical ``cv2.resize``

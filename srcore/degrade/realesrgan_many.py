@@ -100,25 +100,29 @@ def degrade_many(deg, hrs: Sequence[torch.Tensor], g: torch.Generator, views: in
     gens = [noise_generator(dev, p["seed"]) for p in prm]
 
     # the targets (USM per batch on all batches at once) and the stage-1 input in stage-1 order
-    target = torch.cat(xs) if len(xs) > 1 else xs[0]
-    if deg.usm_per_batch:
-        p = deg.params
-        target = usm_sharp(target, p.usm_radius, p.usm_weight, p.usm_threshold, "torch")
     plan1 = [deg._resize_plan((h, w), (h, w), q["resize1"], None) for q in prm]
     order1 = sorted(range(len(units)), key=lambda i: (-plan1[i][1][0] * plan1[i][1][1], plan1[i][1],
                                                        repr(plan1[i][0]), i))
-    rows = np.concatenate([np.arange(n) + units[i][0] * n for i in order1])
-    x = target.index_select(0, torch.from_numpy(rows).to(dev, non_blocking=True))
+    if deg.usm_per_batch:
+        p = deg.params
+        target = usm_sharp(torch.cat(xs) if len(xs) > 1 else xs[0], p.usm_radius, p.usm_weight, p.usm_threshold,
+                           "torch")
+        targets = list(target.split(n))
+        rows = np.concatenate([np.arange(n) + units[i][0] * n for i in order1])
+        x = target.index_select(0, torch.from_numpy(rows).to(dev, non_blocking=True))
+    else:  # the crops are the targets
+        targets = xs
+        x = torch.cat([xs[units[i][0]] for i in order1]) if len(units) > 1 else xs[0]
     host = _cat([prm[i] for i in order1], ("kernel1", "kernel2", "blur2", "noise1", "jpeg1"))
     # both stages' blur kernels in one build: stage 1's samples, then stage 2's
-    k1, k2 = host.pop("kernel1"), host.pop("kernel2")
-    host["kernels"] = {k: torch.cat([k1[k], k2[k]]) for k in k1}
+    first, second = host.pop("kernel1"), host.pop("kernel2")
+    host["kernels"] = {k: torch.cat([first[k], second[k]]) for k in first}
     p1 = params_to(host, dev)
     kernels = kernels_from_params(p1["kernels"], 21)
 
     # stage 1: one blur for all, the resize per run of units with the same one
     out = filter2d(x, kernels[:x.shape[0]], "torch")
-    k2 = torch.where(p1["blur2"][:, None, None], kernels[x.shape[0]:], pulse_kernels(x.shape[0], 21, dev))
+    blur2 = torch.where(p1["blur2"][:, None, None], kernels[x.shape[0]:], pulse_kernels(x.shape[0], 21, dev))
     runs1 = [Run(n, *plan1[i][1]) for i in order1]
     stage2 = {}  # unit -> its stage-2-resized images (n, 3, h2, w2)
     plan2 = {}
@@ -135,7 +139,7 @@ def degrade_many(deg, hrs: Sequence[torch.Tensor], g: torch.Generator, views: in
                       "torch")
         y = jpeg_compress_ragged(y, p1["jpeg1"][a * n:z * n], layout)
         # stage 2: the blur (each unit's own reflect borders), the resize per run
-        y = filter2d_ragged(y, k2[a * n:z * n], layout)
+        y = filter2d_ragged(y, blur2[a * n:z * n], layout)
         for i in order1[a:z]:
             plan2[i] = deg._resize_plan(plan1[i][1], (h, w), prm[i]["resize2"], sc)
         keys = [(plan1[i][1], plan2[i][0]) for i in order1[a:z]]
@@ -177,9 +181,11 @@ def degrade_many(deg, hrs: Sequence[torch.Tensor], g: torch.Generator, views: in
         lr = torch.cat([lr[:m], last]) if m else last
     lr = quantize(lr)
 
-    # the crops, in batch, view, sample order; one gather each for LR and HR
-    pos = {u: k for k, u in enumerate(order2)}
-    return _crops(deg, target, lr, units, pos, n, len(xs), views)
+    # the crops, in batch, view, sample order; one gather each for LR and HR (the HR from x,
+    # which holds every batch's target in stage-1 order)
+    pos2 = {u: k for k, u in enumerate(order2)}
+    pos1 = {u: k for k, u in enumerate(order1)}
+    return _crops(deg, targets, x, lr, units, pos1, pos2, n, views)
 
 
 def _run_views(y: torch.Tensor, layout: Layout, runs: list[tuple[int, int]], n: int) -> list[torch.Tensor]:
@@ -200,18 +206,21 @@ def _check_size(x: torch.Tensor, hw: tuple[int, int]) -> None:
         raise RuntimeError(f"super-batch plan: a resize gave {tuple(x.shape[-2:])}, planned {hw}")
 
 
-def _crops(deg, target: torch.Tensor, lr: torch.Tensor, units, pos: dict, n: int, k: int, views: int):
-    """Per batch (hr_target, lr) as ``paired_crop`` (and ``Degradation.views``) cut them."""
+def _crops(deg, targets: list[torch.Tensor], x: torch.Tensor, lr: torch.Tensor, units, pos1: dict, pos2: dict,
+           n: int, views: int):
+    """Per batch (hr_target, lr) as ``paired_crop`` (and ``Degradation.views``) cut them: unit u's
+    target is ``targets[batch]``, also at rows ``pos1[u] * n ..`` of x; its LR at ``pos2[u] * n ..``."""
+    k = len(targets)
     lh, lw = lr.shape[-2:]
     dev = lr.device
     order = [b * views + v for b in range(k) for v in range(views)]  # units are batch-major already
     if deg.gt_patch is None:
-        rows = np.concatenate([pos[u] * n + np.arange(n) for u in order])
+        rows = np.concatenate([pos2[u] * n + np.arange(n) for u in order])
         lr_all = lr.index_select(0, torch.from_numpy(rows).to(dev, non_blocking=True)) if views > 1 or \
             not np.array_equal(rows, np.arange(rows.size)) else lr
         out = []
         for b in range(k):
-            t = target[b * n:(b + 1) * n]
+            t = targets[b]
             out.append((t if views == 1 else torch.cat([t] * views), lr_all[b * views * n:(b + 1) * views * n]))
         return out
     lq, sc = deg.gt_patch // deg.scale, deg.scale
@@ -226,10 +235,10 @@ def _crops(deg, target: torch.Tensor, lr: torch.Tensor, units, pos: dict, n: int
         tops = np.concatenate([np.zeros(n, np.int64) if c is None else np.asarray(c.tops) for c in crops])
         lefts = np.concatenate([np.zeros(n, np.int64) if c is None else np.asarray(c.lefts) for c in crops])
     tops, lefts = tops[:, None], lefts[:, None]
-    lr_rows = [pos[u] * n + np.arange(n) for u in order]
-    hr_rows = [units[u][0] * n + np.arange(n) for u in order]
+    lr_rows = [pos2[u] * n + np.arange(n) for u in order]
+    hr_rows = [pos1[u] * n + np.arange(n) for u in order]
     lr_out = _gather(lr, np.concatenate(lr_rows), tops + np.arange(lq), lefts + np.arange(lq))
-    hr_out = _gather(target, np.concatenate(hr_rows), tops * sc + np.arange(lq * sc), lefts * sc + np.arange(lq * sc))
+    hr_out = _gather(x, np.concatenate(hr_rows), tops * sc + np.arange(lq * sc), lefts * sc + np.arange(lq * sc))
     m = views * n
     return [(hr_out[b * m:(b + 1) * m], lr_out[b * m:(b + 1) * m]) for b in range(k)]
 
