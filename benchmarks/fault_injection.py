@@ -27,7 +27,10 @@ folder and continues it), and a finished job's ``wandb/`` deleted; M, one run's 
 ``per_image_*.table.json``; N, the disk full while the tables are written (a full 64 MB tmpfs
 when this process may mount one, i.e. root; else a file-size limit, RLIMIT_FSIZE, on the tables
 command); O, Ctrl-C: SIGINT to the command's whole process group, started in its own session as
-a terminal's foreground job, at iteration 11.
+a terminal's foreground job, at iteration 11. P: the same command over two seeds trains as one
+fused group: killed, Ctrl-C'd, one job's folder deleted, one job's loss NaN; each job must end as
+in the uninterrupted group (bit for bit where the group resumes; within 1e-3 dB for a job that
+reruns alone).
 """
 from __future__ import annotations
 
@@ -696,6 +699,129 @@ def case_ctrl_c(work: Path, ref: Reference) -> str:
     return f"exit 130, interrupted, checkpoint.pt at {saved}; {verdict}"
 
 
+# --- fused groups (issue 26): the same command over two seeds trains as one group of two ---------
+
+FUSED = [*COMMAND, "seed=0,1"]
+
+
+def fused_reference(ref: Reference) -> Path:
+    """The uninterrupted fused run of ``FUSED`` (made once, beside the reference)."""
+    root = ref.root.with_name("reference_fused")
+    if not list(root.glob("sweeps/*/*/results.json")):
+        shutil.rmtree(root, ignore_errors=True)
+        run = sweep(FUSED, root)
+        if run.code != 0 or "fused group of 2" not in run.out.replace("Launching a fused group of 2", "fused group of 2"):
+            raise Lost(f"the fused reference did not run as one group of two (exit {run.code}):\n{run.out[-1500:]}")
+    return the_sweep(root)
+
+
+def check_group(out_root: Path, ref_sweep: Path, exact: set[str] | None = None) -> str:
+    """Every job of ``out_root``'s sweep ended as in the fused reference: done, its wandb run
+    finished, its table row finished, no partial write; metrics and model.pt bit-identical for the
+    jobs in ``exact`` (job names; all when None), else within 1e-3 dB (a job that ran alone after
+    the group: the same arithmetic in another order)."""
+    from sweeper.jobstate import read_json, read_results
+
+    sweep_dir, problems, worst = the_sweep(out_root), [], 0.0
+    names = sorted(p.parent.name for p in ref_sweep.glob("*/results.json"))
+    for name in names:
+        job, ref_job = sweep_dir / name, ref_sweep / name
+        results, ref_results = read_results(job), read_results(ref_job)
+        if results is None:
+            problems.append(f"{name[-12:]}: no complete results.json")
+            continue
+        if exact is None or name in exact:
+            if results["metrics"] != ref_results["metrics"] or not same_weights(job / "model.pt", ref_job / "model.pt"):
+                problems.append(f"{name[-12:]}: metrics or model.pt differ from the uninterrupted fused run")
+        else:
+            gap = max(abs(v - ref_results["metrics"][k]) for k, v in results["metrics"].items())
+            worst = max(worst, gap)
+            if gap > 1e-3:
+                problems.append(f"{name[-12:]}: metrics {gap:.2e} dB from the fused run's")
+        if not (read_json(job / "status.json") or {}).get("wandb_finished"):
+            problems.append(f"{name[-12:]}: wandb run not finished")
+        if leftovers(job):
+            problems.append(f"{name[-12:]}: partial writes left: {leftovers(job)}")
+    code, states, printed = table_states(sweep_dir)
+    if code != 0 or states != ["finished"]:
+        problems.append(f"analysis.tables: exit {code}, row status {states}: {printed.strip()[-300:]}")
+    if problems:
+        raise Lost("; ".join(problems))
+    return f"{len(names)} jobs = the fused reference" + (f" (one alone, {worst:.1e} dB off)" if exact is not None else "")
+
+
+def fused_kill_case(launcher: list[str] = ()):
+    def case(work: Path, ref: Reference) -> str:
+        """P: kill -9 of a fused group mid training: the rerun resumes the group."""
+        ref_sweep = fused_reference(ref)
+        out, command = work / "run", [*FUSED, *launcher]
+        faulted(command, out, "train-mid", worker=bool(launcher))
+        saved = [saved_iteration(p) for p in sorted(the_sweep(out).glob("*/checkpoint.pt"))]
+        rerun = sweep(command, out)
+        if rerun.code != 0 or "fused group of 2" not in rerun.out.replace("Launching a fused group of 2",
+                                                                              "fused group of 2"):
+            raise Lost(f"the rerun did not resume the group (exit {rerun.code}):\n{rerun.out[-1500:]}")
+        return f"checkpoints at the kill: {saved}; {check_group(out, ref_sweep)}"
+    return case
+
+
+def case_fused_ctrl_c(work: Path, ref: Reference) -> str:
+    """P: Ctrl-C to a fused group: every job saves and shows as interrupted, exit 130; the rerun
+    resumes the group."""
+    from sweeper.jobstate import read_json
+
+    ref_sweep = fused_reference(ref)
+    out = work / "run"
+    run = faulted(FUSED, out, "train-mid", sig="INT", group=True)
+    states = [(read_json(p) or {}).get("state") for p in sorted(the_sweep(out).glob("*/status.json"))]
+    if run.code != 130 or "Traceback" in run.out or states != ["interrupted", "interrupted"]:
+        raise Lost(f"expected exit 130 and both jobs interrupted; got exit {run.code}, states {states}: "
+                   f"{run.out.strip()[-800:]}")
+    rerun = sweep(FUSED, out)
+    if rerun.code != 0:
+        raise Lost(f"the rerun failed (exit {rerun.code}):\n{rerun.out[-1500:]}")
+    return f"exit 130, both interrupted; {check_group(out, ref_sweep)}"
+
+
+def case_fused_folder_deleted(work: Path, ref: Reference) -> str:
+    """P: one job's folder deleted while its group trains: that job fails alone, saying so; the
+    other finishes as in the uninterrupted group; the rerun runs the first again (alone)."""
+    from sweeper.jobstate import read_json
+
+    ref_sweep = fused_reference(ref)
+    out = work / "run"
+    proc, log = paused(FUSED, out, "train-mid")
+    jobs = sorted(p.parent for p in the_sweep(out).glob("*/.hydra"))
+    shutil.rmtree(jobs[0])
+    os.kill(proc.pid, signal.SIGCONT)
+    run = finish(proc, log)
+    first = (read_json(jobs[0] / "status.json") or {}).get("state")
+    second = (read_json(jobs[1] / "status.json") or {}).get("state")
+    if run.code != 1 or "was deleted while the job ran" not in run.out or (first, second) != ("failed", "done"):
+        raise Lost(f"expected the deleted job failed and the other done (exit 1); got exit {run.code}, states "
+                   f"{first}, {second}: {run.out.strip()[-800:]}")
+    rerun = sweep(FUSED, out)
+    if rerun.code != 0 or "1 of 2 jobs finished earlier" not in rerun.out:
+        raise Lost(f"the rerun did not run the failed job only (exit {rerun.code}):\n{rerun.out[-1500:]}")
+    return f"one failed, one done; {check_group(out, ref_sweep, exact={jobs[1].name})}"
+
+
+def case_fused_nan(work: Path, ref: Reference) -> str:
+    """P: a job of a fused group whose loss turns NaN (train.lr=1e9) fails alone; the other is done."""
+    from sweeper.jobstate import read_json
+
+    out = work / "run"
+    run = sweep([*COMMAND, "train.lr=0.001,1e9"], out)
+    states = {p.parent.name: (read_json(p) or {}) for p in the_sweep(out).glob("*/status.json")}
+    failed = [s for s in states.values() if s.get("state") == "failed"]
+    done = [s for s in states.values() if s.get("state") == "done"]
+    if run.code != 1 or len(failed) != 1 or len(done) != 1 or "loss is nan" not in (failed[0].get("reason") or ""):
+        raise Lost(f"expected one job failed for its NaN loss and one done; exit {run.code}, "
+                   f"{[(s.get('state'), s.get('reason')) for s in states.values()]}")
+    code, line = status_line(the_sweep(out))
+    return f"failed alone: '{failed[0]['reason'][:60]}'; the other done"
+
+
 @dataclass
 class Case:
     name: str
@@ -730,6 +856,13 @@ CASES = [
     # the same harness in a worker process (spawned) of launcher=local_parallel; the driver lives on
     Case("kill:train-mid@local_parallel", "kill -9 of a local_parallel worker, mid training (iteration 11)",
          kill_case("train-mid", 1, ["launcher=local_parallel", "hydra.launcher.max_parallel=1"])),
+    # a fused group of two jobs (the command over seeds 0 and 1)
+    Case("P:fused-kill-mid", "P  kill -9 of a fused group of 2, mid training (iteration 11)", fused_kill_case()),
+    Case("P:fused-kill@local_parallel", "P  kill -9 of the local_parallel worker running a fused group",
+         fused_kill_case(["launcher=local_parallel", "hydra.launcher.max_parallel=1"])),
+    Case("P:fused-ctrl-c", "P  Ctrl-C to a fused group (iteration 11)", case_fused_ctrl_c),
+    Case("P:fused-folder-deleted", "P  one job's folder deleted while its fused group trains", case_fused_folder_deleted),
+    Case("P:fused-nan", "P  one job of a fused group with a NaN loss (train.lr=1e9)", case_fused_nan),
 ]
 
 

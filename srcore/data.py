@@ -10,6 +10,7 @@ uninterrupted job would have seen, whatever the number of loader workers.
 """
 from __future__ import annotations
 
+import copy
 import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -144,6 +145,13 @@ class TrainPatches(Dataset):
 
     def nbytes(self) -> int:
         return sum(im.numel() for im in self.images)
+
+    def with_seed(self, seed: int) -> "TrainPatches":
+        """The same images (shared, not copied: also where ``to`` packed them) cut by another
+        seed's crops: what the jobs of a fused group with one training set each train on."""
+        other = copy.copy(self)
+        other.seed = seed
+        return other
 
     def to(self, device: torch.device | str) -> "TrainPatches":
         """Move the images (uint8) to ``device``, packed in one buffer: crops are then cut there,

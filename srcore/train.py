@@ -210,7 +210,7 @@ def _model_step(state: TrainingState, model: torch.nn.Module, cfg: TrainSettings
                     enabled=PRECISIONS[cfg.precision] is not None)
     eager = EagerStep(state, forward, getattr(model, "regularizers", ()), taps, autocast, device, cfg.tf32)
     if device.type == "cuda" and cfg.cuda_graph:
-        return CudaGraphStep(eager, first.hr, first.lr)
+        return CudaGraphStep(eager, (first.hr, first.lr))
     return eager
 
 

@@ -40,7 +40,7 @@ from srcore.tf32 import cuda_tf32
 from srcore.train import (PRECISIONS, Interrupted, LossWindow, TrainingState, TrainSettings, _log_progress,
                           _place_images, _seed, _validate_and_save, resolve_device)
 from srcore.train_batches import Degrade, TrainingBatches
-from srcore.train_step import SiteOutputs, capture_key, regularized_loss
+from srcore.train_step import CudaGraphStep, SiteOutputs, capture_key, regularized_loss
 
 log = logging.getLogger("srcore.train")
 
@@ -153,11 +153,6 @@ class _Stack:
                 if p[n].grad is None or p[n].grad.data_ptr() != stacked.grad[k].data_ptr():
                     p[n].grad = stacked.grad[k]
 
-    def zero_grads(self) -> None:
-        grads = [p.grad for p in self.params.values() if p.grad is not None]
-        if grads:
-            torch._foreach_zero_(grads)
-
 
 def train_group(jobs: Sequence[GroupJob], should_stop: Callable[[], bool] = lambda: False
                 ) -> list[nn.Module | BaseException]:
@@ -180,13 +175,14 @@ def train_group(jobs: Sequence[GroupJob], should_stop: Callable[[], bool] = lamb
         taps.features.clear()
         return sr, features
 
-    fused_forward = vmap(forward)
+    step = FusedStep(members, stack, vmap(forward), autocast, device, cfg.tf32)
     first = min(m.start for m in members)
     log.info("fused group of %d jobs: iterations %d-%d", len(members), first + 1, cfg.iterations)
     for job in jobs:
         job.model.train()
     for m in members:
         m.batch_iter = iter(m.batches)
+    graphed = None
     try:
         for iteration in range(first + 1, cfg.iterations + 1):
             active = [m for m in members if m.active(iteration)]
@@ -199,24 +195,16 @@ def train_group(jobs: Sequence[GroupJob], should_stop: Callable[[], bool] = lamb
                 batch = next(m.batch_iter)
                 assert batch.iteration == iteration, (batch.iteration, iteration)
                 batches[m.index] = batch
-            multipliers = _multipliers(members, active, batches, stack, device)
+            step.active = active
+            multipliers = _multipliers(members, active, batches, device)
             like = batches[active[0].index]
-            lr = torch.stack([batches[m.index].lr if m.index in batches else torch.zeros_like(like.lr)
-                              for m in members])
-            with cuda_tf32(device, cfg.tf32):
-                with torch.autocast(**autocast):
-                    sr, features = fused_forward(stack.params, multipliers, lr)
-                    losses = {}
-                    for m in active:
-                        with m.streams(device):  # a loss term's own draws (Simple Align) from the job's stream
-                            losses[m.index] = regularized_loss(sr[m.index], batches[m.index].hr, m.regularizers,
-                                                               _Features(features, m.index))
-                stack.zero_grads()
-                total = sum(m.state.scaler.scale(losses[m.index][0]) for m in active)
-                total.backward()
-            stack.link_grads()
+            lr = torch.stack([batches[m.index].lr if m.index in batches else torch.zeros_like(like.lr) for m in members])
+            hr = torch.stack([batches[m.index].hr if m.index in batches else torch.zeros_like(like.hr) for m in members])
+            if graphed is None:
+                graphed = CudaGraphStep(step, (lr, hr, *multipliers)) if device.type == "cuda" and cfg.cuda_graph \
+                    else step
+            losses = graphed(lr, hr, *multipliers)
             for m in active:
-                m.state.apply_gradients()
                 m.state.degradation_resume = batches[m.index].resume
                 _after_step(m, iteration, *losses[m.index])
             if should_stop() and iteration < cfg.iterations:
@@ -236,6 +224,63 @@ def train_group(jobs: Sequence[GroupJob], should_stop: Callable[[], bool] = lamb
     return [m.failed if m.failed is not None else _finish(m) for m in members]
 
 
+class FusedStep:
+    """The group's step, as ``srcore.train_step.CudaGraphStep`` drives a step: called with the
+    stacked (K, ...) LR and HR batches and the members' stacked multipliers it runs eagerly;
+    ``losses`` is its forward, the members' losses (each with its own streams) and the backward;
+    ``active`` (the members that train this step, set before each call) is part of its capture
+    key."""
+
+    def __init__(self, members, stack: _Stack, fused_forward, autocast: dict, device: torch.device, tf32: bool):
+        self.members, self.stack, self.fused_forward = members, stack, fused_forward
+        self.autocast, self.device, self.tf32 = autocast, device, tf32
+        self.active: list[_Member] = []
+
+    def losses(self, lr: torch.Tensor, hr: torch.Tensor, *multipliers: torch.Tensor, cache_enabled: bool = True):
+        with cuda_tf32(self.device, self.tf32):
+            with torch.autocast(**self.autocast, cache_enabled=cache_enabled):
+                sr, features = self.fused_forward(self.stack.params, list(multipliers), lr)
+                out = {}
+                for m in self.active:
+                    own = m.streams(self.device) if _draws_in_loss(m) else contextlib.nullcontext()
+                    with own:  # a loss term's own draws (Simple Align) from the job's stream
+                        out[m.index] = regularized_loss(sr[m.index], hr[m.index], m.regularizers,
+                                                        _Features(features, m.index))
+            total = sum(m.state.scaler.scale(out[m.index][0]) for m in self.active)
+            total.backward()
+        return out
+
+    def __call__(self, lr: torch.Tensor, hr: torch.Tensor, *multipliers: torch.Tensor):
+        self.zero_grad()
+        out = self.losses(lr, hr, *multipliers)
+        self.apply_gradients()
+        return out
+
+    def zero_grad(self) -> None:
+        for p in self.stack.params.values():
+            p.grad = None
+
+    def apply_gradients(self) -> None:
+        self.stack.link_grads()
+        for m in self.active:
+            m.state.apply_gradients()
+
+    def capture_key(self):
+        """The members training and their regularisers' keys; None when a member's loss term draws
+        (the graph cannot switch to its stream) or a key cannot be trusted."""
+        keys = []
+        for m in self.active:
+            key = capture_key(m.regularizers)
+            if key is None or _draws_in_loss(m):
+                return None
+            keys.append(key)
+        return tuple(m.index for m in self.active), tuple(keys)
+
+
+def _draws_in_loss(m: _Member) -> bool:
+    return any(r.draws_in_loss for r in m.regularizers)
+
+
 class _Features:
     """The tapped sites' outputs of one member (``SiteOutputs``'s ``features``), sliced from the
     group's (K, ...) outputs."""
@@ -244,7 +289,7 @@ class _Features:
         self.features = {name: value[k] for name, value in features.items()}
 
 
-def _multipliers(members, active, batches, stack, device) -> list[torch.Tensor]:
+def _multipliers(members, active, batches, device) -> list[torch.Tensor]:
     """Each member's random multipliers for this step, drawn from its own stream as its network
     would draw them alone, stacked per draw; ones for members that do not train this step."""
     plans = {}
@@ -279,7 +324,7 @@ def _plan(member: _Member, batch, device) -> list[noise.Draw]:
 
 def _after_step(m: _Member, iteration: int, loss, terms) -> None:
     """A member's bookkeeping after its optimizer step: its loss window, logs, validation,
-    checkpoint and progress; a failure of its own (a non-finite loss) fails it alone."""
+    checkpoint and progress; an exception there (a non-finite loss, a callback's) ends it alone."""
     job, cfg = m.job, m.cfg
     m.window.add(iteration, loss)
     m.seen += 1
@@ -291,13 +336,13 @@ def _after_step(m: _Member, iteration: int, loss, terms) -> None:
         with m.streams(resolve_device(cfg.device)):
             _validate_and_save(m.state, cfg, Path(job.checkpoint), iteration, job.log_metrics, job.validate, m.window)
         job.on_iteration(iteration)
-    except FloatingPointError as e:
+    except Exception as e:  # noqa: BLE001 - this job's own end (a non-finite loss, a pruned trial, its folder gone)
         _fail(m, iteration, e)
 
 
 def _fail(m: _Member, iteration: int, error: BaseException) -> None:
     m.failed = error
-    log.warning("fused job %d (%s) failed at iteration %d: %s; the others go on", m.index, m.job.checkpoint.parent,
+    log.warning("fused job %d (%s) failed at iteration %d: %s; the others go on", m.index, m.job.checkpoint.parent.name,
                 iteration, error)
 
 

@@ -82,10 +82,21 @@ class EagerStep:
         return loss, terms
 
     def __call__(self, hr: torch.Tensor, lr: torch.Tensor):
-        self.state.opt.zero_grad(set_to_none=True)
+        self.zero_grad()
         loss, terms = self.losses(hr, lr)
-        self.state.apply_gradients()
+        self.apply_gradients()
         return loss, terms
+
+    # what CudaGraphStep asks of a step
+    def zero_grad(self) -> None:
+        self.state.opt.zero_grad(set_to_none=True)
+
+    def apply_gradients(self) -> None:
+        self.state.apply_gradients()
+
+    def capture_key(self):
+        """None: no capture can be trusted (``capture_key`` below)."""
+        return capture_key(self.regularizers)
 
 
 def capture_key(regularizers: Sequence[Regularizer]):
@@ -96,62 +107,66 @@ def capture_key(regularizers: Sequence[Regularizer]):
 
 
 class CudaGraphStep:
-    """The step with forward, loss and backward replayed from one CUDA graph (module doc)."""
+    """A step with its ``losses`` (forward, loss, backward) replayed from one CUDA graph (module
+    doc). ``step`` is an ``EagerStep`` or a fused group's step: called with the batch's tensors it
+    runs eagerly; it has ``losses(*inputs, cache_enabled)``, ``zero_grad()`` (gradients to None),
+    ``apply_gradients()``, ``capture_key()`` and ``device``. ``example`` gives the static input
+    buffers' shapes, dtypes and memory formats."""
 
-    def __init__(self, eager: EagerStep, hr_like: torch.Tensor, lr_like: torch.Tensor, warmup: int = WARMUP):
-        self.eager, self.state = eager, eager.state
-        self.static_hr = torch.empty_like(hr_like)
-        self.static_lr = torch.empty_like(lr_like)  # keeps the batch's memory format (channels_last)
+    def __init__(self, step, example: Sequence[torch.Tensor], warmup: int = WARMUP):
+        self.step = step
+        self.static = tuple(torch.empty_like(t) for t in example)  # keeps each's memory format (channels_last)
         self.warmup, self.warmed = warmup, 0
         self.graph: torch.cuda.CUDAGraph | None = None
         self.key, self.outputs, self.failed = None, None, None
 
-    def __call__(self, hr: torch.Tensor, lr: torch.Tensor):
+    def __call__(self, *inputs: torch.Tensor):
         if self.failed is not None:
-            return self.eager(hr, lr)
+            return self.step(*inputs)
         if self.warmed < self.warmup:
             self.warmed += 1
-            return self._warm(hr, lr)
-        key = capture_key(self.eager.regularizers)
+            return self._warm(inputs)
+        key = self.step.capture_key()
         if key is None:
-            self._fall_back("a regulariser follows the iteration (set_iteration) and gives no capture_key")
-            return self.eager(hr, lr)
-        self.static_hr.copy_(hr)
-        self.static_lr.copy_(lr)
+            self._fall_back("a regulariser follows the iteration (set_iteration) without a capture_key, or draws "
+                            "in its loss term inside a fused group")
+            return self.step(*inputs)
+        for buffer, x in zip(self.static, inputs):
+            buffer.copy_(x)
         if self.graph is None or key != self.key:
             try:
                 self._capture(again=self.graph is not None)
             except Exception as e:  # noqa: BLE001 - whatever stops a capture: this iteration and the rest eagerly
                 self._fall_back(_root_cause(e))
-                return self.eager(hr, lr)
+                return self.step(*inputs)
             self.key = key
         self.graph.replay()
-        self.state.apply_gradients()
+        self.step.apply_gradients()
         return self.outputs
 
-    def _warm(self, hr: torch.Tensor, lr: torch.Tensor):
+    def _warm(self, inputs):
         """An eager iteration on a side stream (PyTorch's recipe before a capture)."""
-        current = torch.cuda.current_stream(self.eager.device)
-        side = torch.cuda.Stream(self.eager.device)
+        current = torch.cuda.current_stream(self.step.device)
+        side = torch.cuda.Stream(self.step.device)
         side.wait_stream(current)
         with torch.cuda.stream(side):
-            out = self.eager(hr, lr)
+            out = self.step(*inputs)
         current.wait_stream(side)
         return out
 
     def _capture(self, again: bool) -> None:
         self.graph = self.outputs = None
-        self.state.opt.zero_grad(set_to_none=True)  # the capture's backward puts .grad in the graph's pool
+        self.step.zero_grad()  # the capture's backward puts .grad in the graph's pool
         graph = torch.cuda.CUDAGraph()
         # thread_local: the batch-making thread may allocate and launch while this thread captures
         with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-            outputs = self.eager.losses(self.static_hr, self.static_lr, cache_enabled=False)
+            outputs = self.step.losses(*self.static, cache_enabled=False)
         self.graph, self.outputs = graph, outputs
-        log.info("training step captured as a CUDA graph%s", " again (the regularisers' state changed)" if again else "")
+        log.info("training step captured as a CUDA graph%s", " again (what it depends on changed)" if again else "")
 
     def _fall_back(self, why: str) -> None:
         self.failed, self.graph, self.outputs = why, None, None
-        self.state.opt.zero_grad(set_to_none=True)
+        self.step.zero_grad()
         log.warning("CUDA graph of the training step not used (%s); training eagerly", why)
 
 

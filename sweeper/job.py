@@ -6,9 +6,8 @@ only orders the steps and records in ``status.json`` how they went.
 """
 from __future__ import annotations
 
+import json
 import logging
-import os
-import shutil
 import signal
 import time
 import traceback
@@ -33,6 +32,7 @@ from sweeper.jobstate import (
     where,
     write_json,
 )
+from sweeper.job_folder import CHECKPOINT, EVAL_PARTIAL, WEIGHTS, FolderVanished, JobFolder, start_over
 from sweeper.optuna_report import Pruned
 from sweeper.preemption import StopRequest
 from sweeper.preflight import validate_config
@@ -41,9 +41,6 @@ from sweeper.wandb_run import JobRun, ValidationImages, degradation_panels, star
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT = "checkpoint.pt"
-WEIGHTS = "model.pt"
-EVAL_PARTIAL = "eval_partial.json"  # the images scored before a stop request during evaluation
 
 
 def run_job(cfg: DictConfig, job_dir: Path, job_name: str, tags: list[str]) -> dict:
@@ -55,6 +52,27 @@ def run_job(cfg: DictConfig, job_dir: Path, job_name: str, tags: list[str]) -> d
     is deleted while it runs fails (``JobFolder``); a finished job whose wandb run is gone runs
     again from the start."""
     job_dir = Path(job_dir)
+    done = finished_earlier(cfg, job_dir, job_name, tags)
+    if done is not None:
+        return done["metrics"]
+    status = open_job(cfg, job_dir, job_name, tags)
+    with StopRequest() as stop, JobFolder(job_dir) as folder:
+        try:
+            metrics = _train_and_evaluate(cfg, job_dir, job_name, tags, status, stop, folder)
+        except BaseException as e:
+            record_outcome(e, job_name, status, stop)
+            if isinstance(e, (Interrupted, EvaluationStopped)):
+                stop.hand_over()
+            raise
+    if stop.signum == signal.SIGINT:  # Ctrl-C after the last point the job asks (writing its results): it is done
+        log.warning("%s: finished before it could stop; stopping here on Ctrl-C", job_name)
+        raise SystemExit(128 + signal.SIGINT)
+    return metrics
+
+
+def finished_earlier(cfg: DictConfig, job_dir: Path, job_name: str, tags: list[str]) -> dict | None:
+    """The results of a job that finished earlier (its wandb run completed if it was not), or
+    None; a finished job whose wandb run is gone is started over."""
     done = read_results(job_dir)
     if done is not None and cfg.logger.mode != "disabled" and wandb_run_missing(job_dir, done):
         log.warning("%s: finished earlier, but its wandb run %s is gone from %s: running the job again from the "
@@ -66,133 +84,34 @@ def run_job(cfg: DictConfig, job_dir: Path, job_name: str, tags: list[str]) -> d
         if not (read_json(job_dir / STATUS) or {}).get("wandb_finished") and cfg.logger.mode != "disabled":
             repair_wandb_run(cfg, job_dir, job_name, tags, done)
         log.info("%s: finished earlier, skipping (delete %s to rerun)", job_name, job_dir / RESULTS)
-        return done["metrics"]
+    return done
+
+
+def open_job(cfg: DictConfig, job_dir: Path, job_name: str, tags: list[str]) -> JobStatus:
+    """Validate the job, make its folder (without an earlier attempt's partial writes); its status."""
     validate_config(cfg)
     job_dir.mkdir(parents=True, exist_ok=True)
     remove_partial_writes(job_dir)
-    status = JobStatus(job_dir, job_name, cfg.train.iterations, overrides=tags)
-    with StopRequest() as stop, JobFolder(job_dir) as folder:
-        try:
-            metrics = _train_and_evaluate(cfg, job_dir, job_name, tags, status, stop, folder)
-        except (Interrupted, EvaluationStopped) as e:
-            where_ = (f"at iteration {e.iteration}; state saved" if isinstance(e, Interrupted) else
-                      f"during evaluation ({e.suite} suite) after {len(e.rows)} images; those are kept")
-            status.write(state="interrupted", reason=f"{signal.Signals(stop.signum).name} {where_}")
-            log.warning("%s: %s", job_name, e)
-            stop.hand_over()
-            raise
-        except KeyboardInterrupt:  # Ctrl-C twice: stopped at once, nothing saved now
-            status.write(state="interrupted", reason=f"SIGINT twice at iteration {status.data['iteration']}: stopped "
-                         "at once; the rerun resumes from the last checkpoint")
-            log.warning("%s: stopped at once (Ctrl-C twice); the rerun resumes from the last checkpoint", job_name)
-            raise
-        except FolderVanished as e:
-            e.remove_strays()  # what this attempt wrote after the deletion: the rerun starts over
-            status.write(state="failed", reason=str(e)[:500])
-            raise
-        except Exception as e:
-            status.write(state="failed", reason=f"{type(e).__name__}: {e}"[:500],
-                         traceback=traceback.format_exc()[-4000:])
-            raise
-    if stop.signum == signal.SIGINT:  # Ctrl-C after the last point the job asks (writing its results): it is done
-        log.warning("%s: finished before it could stop; stopping here on Ctrl-C", job_name)
-        raise SystemExit(128 + signal.SIGINT)
-    return metrics
+    return JobStatus(job_dir, job_name, cfg.train.iterations, overrides=tags)
 
 
-def start_over(job_dir: Path) -> None:
-    """Remove what makes a job done or resumable (results, weights, checkpoints, kept evaluation
-    rows), so that it runs again from its first iteration, and wandb run folders left without
-    their ``.wandb`` file (written into after it was deleted)."""
-    for name in (RESULTS, WEIGHTS, CHECKPOINT, f"{Path(CHECKPOINT).stem}.prev.pt", EVAL_PARTIAL):
-        (job_dir / name).unlink(missing_ok=True)
-    for run_dir in job_dir.glob("wandb/*run-*"):
-        if run_dir.is_dir() and not run_dir.is_symlink() and not any(run_dir.glob("run-*.wandb")):
-            shutil.rmtree(run_dir, ignore_errors=True)
-
-
-class FolderVanished(RuntimeError):
-    """The job's folder, or its wandb run file, was deleted while the job ran: the run's history
-    (and, with the folder, the log, ``.hydra/`` and checkpoints) went with it, so this attempt
-    cannot end as a complete job."""
-
-    def __init__(self, folder: JobFolder, when: str, what: str | None = None):
-        self.folder, self.run_only = folder, what is not None
-        if what is None:
-            message = (f"its folder was deleted while the job ran (noticed {when}), and with it its wandb run, log and "
-                       f"checkpoints; run the same command again to run the job from the start ({folder.job_dir})")
-        else:
-            message = (f"its wandb run file was deleted while the job ran (noticed {when}); run the same command "
-                       "again: the job resumes from its checkpoint into a new folder of the same wandb run, without "
-                       f"the curves before it ({folder.job_dir / what})")
-        super().__init__(message)
-
-    def remove_strays(self) -> None:
-        """What this attempt wrote after the deletion: into a folder recreated by its writes, a
-        checkpoint from the middle of a run whose start is gone (the rerun starts over); and the
-        wandb run's folder of files without its ``.wandb`` file."""
-        job_dir, run_dir = self.folder.job_dir, self.folder.run_dir
-        if not self.run_only and _identity(job_dir) not in (None, self.folder.identity):
-            start_over(job_dir)
-        if run_dir is not None and run_dir.is_dir() and not self.folder.run_file.exists():
-            shutil.rmtree(run_dir, ignore_errors=True)
-
-
-def _identity(path: Path) -> tuple[int, int] | None:
-    try:
-        st = os.stat(path)
-    except FileNotFoundError:
-        return None
-    return st.st_dev, st.st_ino
-
-
-class JobFolder:
-    """Notices the job's folder vanishing while the job runs (``rm -rf`` of the sweep, a cleanup
-    script): the folder is no longer there, or is another one with the same name (recreated by
-    a write), or the job's wandb run file is gone. ``check`` raises ``FolderVanished``; it is
-    called after every training iteration and before the job writes its weights and results,
-    so such an attempt fails, saying why, instead of finishing as a job without its run.
-
-    A context manager: inside it, an open descriptor keeps the folder's inode, so that a folder
-    recreated under the same name can never be given the same inode number."""
-
-    def __init__(self, job_dir: Path):
-        self.job_dir = Path(job_dir)
-        self.identity: tuple[int, int] | None = None
-        self._fd: int | None = None
-        self.run_dir: Path | None = None  # the wandb run's folder, once it has one
-        self.run_file: Path | None = None  # its .wandb file
-        self._run_seen = False
-
-    def __enter__(self) -> JobFolder:
-        self._fd = os.open(self.job_dir, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-        st = os.fstat(self._fd)
-        self.identity = st.st_dev, st.st_ino
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-
-    def watch_run(self, run) -> None:
-        """Also watch the job's wandb run (its ``.wandb`` file, once wandb has written it)."""
-        self.run_dir = run.files_dir
-        if self.run_dir is not None:
-            self.run_file = self.run_dir / f"run-{run.id}.wandb"
-            self._run_seen = self.run_file.exists()
-
-    def check(self, when: str) -> None:
-        if _identity(self.job_dir) != self.identity:
-            raise FolderVanished(self, when)
-        if self.run_file is not None:
-            exists = self.run_file.exists()
-            if self._run_seen and not exists:
-                raise FolderVanished(self, when, str(self.run_file.relative_to(self.job_dir)))
-            self._run_seen = self._run_seen or exists
-
-    def on_iteration(self, iteration: int) -> None:
-        self.check(f"after iteration {iteration}")
+def record_outcome(e: BaseException, job_name: str, status: JobStatus, stop: StopRequest) -> None:
+    """Write down in ``status.json`` why a job ended without results."""
+    if isinstance(e, (Interrupted, EvaluationStopped)):
+        where_ = (f"at iteration {e.iteration}; state saved" if isinstance(e, Interrupted) else
+                  f"during evaluation ({e.suite} suite) after {len(e.rows)} images; those are kept")
+        status.write(state="interrupted", reason=f"{signal.Signals(stop.signum).name} {where_}")
+        log.warning("%s: %s", job_name, e)
+    elif isinstance(e, KeyboardInterrupt):  # Ctrl-C twice: stopped at once, nothing saved now
+        status.write(state="interrupted", reason=f"SIGINT twice at iteration {status.data['iteration']}: stopped "
+                     "at once; the rerun resumes from the last checkpoint")
+        log.warning("%s: stopped at once (Ctrl-C twice); the rerun resumes from the last checkpoint", job_name)
+    elif isinstance(e, FolderVanished):
+        e.remove_strays()  # what this attempt wrote after the deletion: the rerun starts over
+        status.write(state="failed", reason=str(e)[:500])
+    elif isinstance(e, Exception):
+        status.write(state="failed", reason=f"{type(e).__name__}: {e}"[:500],
+                     traceback="".join(traceback.format_exception(e))[-4000:])
 
 
 def remove_partial_writes(job_dir: Path) -> None:
@@ -208,76 +127,117 @@ def remove_partial_writes(job_dir: Path) -> None:
 
 def _train_and_evaluate(cfg: DictConfig, job_dir: Path, job_name: str, tags: list[str], status: JobStatus,
                         stop: StopRequest, folder: JobFolder) -> dict:
-    if cfg.train.threads:
-        torch.set_num_threads(cfg.train.threads)
-    service_start = start_service(cfg)
-    settings, test_sets, degrade, patches, model = _build_job(cfg)
-    run = JobRun(cfg, job_dir, job_name, tags, service_start)
-    folder.watch_run(run)
-    _record_trial(cfg, job_dir, run)
-    progress = JobProgress(cfg.logger.get("progress", "auto"), cfg.logger.get("progress_every_s", 30),
-                           cfg.train.iterations, val_key=f"val/{cfg.data.val_set}/clean/psnr")
-    exit_code = 1
+    session = JobSession(cfg, job_dir, job_name, tags, status, stop, folder)
     try:
-        progress.start()
-        validate, val_images = _validation_images(cfg, _validator(cfg, test_sets), test_sets)
+        session.progress.begin("train")
         t0 = time.perf_counter()
-        progress.begin("train")
         try:
-            final = train(model, patches, degrade, settings, job_dir / CHECKPOINT,
-                          log_metrics=_metrics_logger(cfg, run, status, progress, val_images), validate=validate,
-                          on_iteration=_each(folder.on_iteration, status.heartbeat, progress.on_iteration),
-                          should_stop=lambda: stop.requested)
+            final = train(session.model, session.patches, session.degrade, session.settings, job_dir / CHECKPOINT,
+                          should_stop=lambda: stop.requested, **session.callbacks())
         except Pruned as e:  # a clean end, not a failure: the study has seen the reports
-            status.write(state="pruned", iteration=e.step, reason=str(e))
-            log.info("%s: %s", job_name, e)
-            exit_code = 0
-            return {"pruned_at": e.step}
-        train_seconds = time.perf_counter() - t0
-        folder.check("after training")
+            return session.pruned(e)
+        return session.finish(final, time.perf_counter() - t0)
+    finally:
+        session.close()
+
+
+class JobSession:
+    """A job around its training: what it trains and tests (``built``: made by the caller, e.g. a
+    fused group sharing its data; else made here), its wandb run, progress and training
+    callbacks; ``finish`` saves the weights, evaluates and writes the results."""
+
+    def __init__(self, cfg: DictConfig, job_dir: Path, job_name: str, tags: list[str], status: JobStatus,
+                 stop: StopRequest, folder: JobFolder, built=None, concurrent_run: bool = False):
+        if cfg.train.threads:
+            torch.set_num_threads(cfg.train.threads)
+        self.cfg, self.job_dir, self.job_name, self.tags = cfg, job_dir, job_name, tags
+        self.status, self.stop, self.folder = status, stop, folder
+        service_start = start_service(cfg)
+        self.settings, self.test_sets, self.degrade, self.patches, self.model = built or _build_job(cfg)
+        self.run = JobRun(cfg, job_dir, job_name, tags, service_start, concurrent=concurrent_run)
+        folder.watch_run(self.run)
+        _record_trial(cfg, job_dir, self.run)
+        self.progress = JobProgress(cfg.logger.get("progress", "auto"), cfg.logger.get("progress_every_s", 30),
+                                    cfg.train.iterations, val_key=f"val/{cfg.data.val_set}/clean/psnr")
+        self.exit_code = 1
+        self.progress.start()
+        self.validate, self.val_images = _validation_images(cfg, _validator(cfg, self.test_sets), self.test_sets)
+
+    def callbacks(self) -> dict:
+        """``srcore.train.train``'s ``log_metrics``, ``validate`` and ``on_iteration`` for this job."""
+        return {"log_metrics": _metrics_logger(self.cfg, self.run, self.status, self.progress, self.val_images),
+                "validate": self.validate,
+                "on_iteration": _each(self.folder.on_iteration, self.status.heartbeat, self.progress.on_iteration)}
+
+    def pruned(self, e: Pruned) -> dict:
+        self.status.write(state="pruned", iteration=e.step, reason=str(e))
+        log.info("%s: %s", self.job_name, e)
+        self.exit_code = 0
+        return {"pruned_at": e.step}
+
+    def finish(self, final: torch.nn.Module, train_seconds: float) -> dict:
+        """After training: the weights, the evaluation, ``results.json``; the job's metrics."""
+        cfg, job_dir, job_name, model, run = self.cfg, self.job_dir, self.job_name, self.model, self.run
+        self.folder.check("after training")
         save_weights(model, job_dir / WEIGHTS, ema_model=final if final is not model else None)
 
-        status.write(iteration=cfg.train.iterations, phase="evaluating")
+        self.status.write(iteration=cfg.train.iterations, phase="evaluating")
         t0 = time.perf_counter()
         net = final if cfg.eval.use_ema else model
-        progress.begin("eval")
-        rows, means, seal = _evaluate(cfg, net, test_sets, job_dir, settings.device, stop, progress)
+        self.progress.begin("eval")
+        rows, means, seal = _evaluate(cfg, net, self.test_sets, job_dir, self.settings.device, self.stop,
+                                      self.progress)
         eval_seconds = time.perf_counter() - t0
-        progress.close()
+        self.progress.close()
 
         metrics = {**{f"test/{k}": v for k, v in means.items()},
                    **{f"seal/{k}": v for k, v in (seal or {}).get("summary", {}).items()}}
         run.log_results(rows, means, {**metrics, "train_seconds": train_seconds, "eval_seconds": eval_seconds}, seal,
-                        panels=_panels(cfg, net, test_sets) if rows else None)
-        results = {"job": job_name, "sweep": cfg.sweep_name, "run_id": run.id, "tags": tags,
+                        panels=_panels(cfg, net, self.test_sets) if rows else None)
+        results = {"job": job_name, "sweep": cfg.sweep_name, "run_id": run.id, "tags": self.tags,
                    "config": OmegaConf.to_container(cfg, resolve=True), "metrics": metrics,
                    "per_image": rows, **({"seal": seal} if seal else {}), "train_seconds": train_seconds,
-                   "eval_seconds": eval_seconds, "attempt": status.data["attempt"], "ran_on": where()}
+                   "eval_seconds": eval_seconds, "attempt": self.status.data["attempt"], "ran_on": where()}
         if cfg.get("interpret") and cfg.interpret.after_training:
-            run.summarize(interpret_after_training(cfg, net, test_sets, job_dir, job_name))
-        folder.check("before writing results.json")
+            run.summarize(interpret_after_training(cfg, net, self.test_sets, job_dir, job_name))
+        self.folder.check("before writing results.json")
         write_json(job_dir / RESULTS, results)
         (job_dir / EVAL_PARTIAL).unlink(missing_ok=True)
-        status.write(state="done", phase=None)
-        exit_code = 0
+        self.status.write(state="done", phase=None)
+        self.exit_code = 0
         log.info("%s: done (train %.1fs, eval %.1fs)", job_name, train_seconds, eval_seconds)
-        progress.finished(job_name, metrics, list(test_sets), job_dir / RESULTS)
+        self.progress.finished(job_name, metrics, list(self.test_sets), job_dir / RESULTS)
         return metrics
-    finally:
-        progress.close()
-        if run.finish(exit_code) and exit_code == 0:
-            status.write(wandb_finished=True)  # without it, a rerun completes the wandb run
+
+    def close(self) -> None:
+        self.progress.close()
+        if self.run.finish(self.exit_code) and self.exit_code == 0:
+            self.status.write(wandb_finished=True)  # without it, a rerun completes the wandb run
 
 
-def _build_job(cfg: DictConfig):
+def _build_job(cfg: DictConfig, shared: dict | None = None):
     """What the job trains and tests: (train settings, test sets, degradation, training patches,
-    model). The model comes last, its initial weights drawn from the job's seed."""
+    model). The model comes last, its initial weights drawn from the job's seed. ``shared``: a
+    cache the jobs of a fused group build through, so that jobs with the same data hold one copy
+    of its images (each cut by its own seed)."""
     settings = build.train_settings(cfg)
-    test_sets = build.test_sets(cfg)
+    test_sets = _shared(shared, ("test", build.plain(cfg.data.test_sets), cfg.eval.max_images),
+                        lambda: build.test_sets(cfg))
     degrade = build.degradation(cfg)
-    patches = build.train_patches(cfg, degrade)
+    patches = _shared(shared, ("train", cfg.data.train, build.plain(cfg.degradation), build.gt_crop_size(cfg),
+                               cfg.train.hflip), lambda: build.train_patches(cfg, degrade))
+    patches = patches.with_seed(cfg.seed) if shared is not None else patches
     torch.manual_seed(cfg.seed)  # the initial weights are part of what the seed fixes
     return settings, test_sets, degrade, patches, build.model(cfg)
+
+
+def _shared(cache: dict | None, key: tuple, make):
+    if cache is None:
+        return make()
+    key = json.dumps(key, sort_keys=True, default=str)
+    if key not in cache:
+        cache[key] = make()
+    return cache[key]
 
 
 def _evaluate(cfg: DictConfig, net, test_sets: dict, job_dir: Path, device, stop: StopRequest,

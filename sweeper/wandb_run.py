@@ -183,11 +183,12 @@ class ValidationImages:
 class JobRun:
     """The job's wandb run. ``log`` never fails the job: a signal sent to the whole job step
     (scancel, preemption) also ends wandb's service process, and training must still reach
-    its next iteration and save its state. With ``logger.mode=disabled`` there is no run and
+    its next iteration and save its state. ``concurrent``: one of several runs open at once in
+    this process (a fused group's jobs). With ``logger.mode=disabled`` there is no run and
     wandb is never imported (a machine with only PyTorch runs such jobs): every call is a no-op."""
 
     def __init__(self, cfg: DictConfig, job_dir: Path, job_name: str, tags: list[str],
-                 service_start: threading.Thread | None):
+                 service_start: threading.Thread | None, concurrent: bool = False):
         if service_start is not None:
             service_start.join()
         self.job_name, self.lost = job_name, None
@@ -200,6 +201,8 @@ class JobRun:
             project=cfg.logger.project, entity=cfg.logger.entity, mode=cfg.logger.mode,
             group=cfg.sweep_name or "runs", job_type="train", name=job_name,
             tags=[t[:64] for t in tags], id=run_id(cfg.sweep_name, job_name), resume="allow",
+            # a fused group's jobs log at once from one process: one run each
+            **({"reinit": "create_new"} if concurrent else {}),
             # "swept": the job's own overrides, so the dashboard's run table can group by them
             dir=str(job_dir), config={**OmegaConf.to_container(cfg, resolve=True),
                                       "swept": dict(t.split("=", 1) for t in tags if "=" in t)},

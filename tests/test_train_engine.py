@@ -218,7 +218,7 @@ def test_a_capture_that_fails_trains_on_eagerly_and_says_why_once(caplog):
     torch.manual_seed(2)
     eager_losses = [eager(hr, lr)[0].item() for hr, lr in batches]
     model_b, eager_b = _step_parts()
-    graphed = CudaGraphStep(eager_b, *batches[0], warmup=0)
+    graphed = CudaGraphStep(eager_b, batches[0], warmup=0)
     torch.manual_seed(2)
     with caplog.at_level(logging.WARNING, logger="srcore.train"):
         graphed_losses = [graphed(hr, lr)[0].item() for hr, lr in batches]

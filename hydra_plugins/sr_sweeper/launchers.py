@@ -21,12 +21,14 @@ from collections import deque
 from pathlib import Path
 from typing import Any, Sequence
 
+from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra.core.singleton import Singleton
-from hydra.core.utils import JobReturn, JobStatus, filter_overrides
+from hydra.core.utils import JobReturn, JobStatus, configure_log, filter_overrides
 from hydra.plugins.launcher import Launcher
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import BaseSubmititLauncher
 from hydra_plugins.sr_sweeper.slurm_queue import QueueWatch
 from hydra_plugins.sr_sweeper.worker_slots import WorkerSlots, failed_return, use_threads
+from sweeper.fusion import parse_fuse
 from sweeper.jobstate import MANIFEST, STATUS, read_json, read_results
 from sweeper.naming import result_overrides
 from sweeper.preflight import check_slurm_request, slurm_request
@@ -61,6 +63,41 @@ def visible_gpus() -> list[str]:
     return [str(i) for i in range(torch.cuda.device_count())]
 
 
+def run_group_task(launcher, overrides: list[list[str]], job_nums: list[int], singleton_state) -> list[JobReturn]:
+    """A fused group in this process (a worker, an array task): ``sweeper.group.launch_group``."""
+    from hydra.core.utils import setup_globals
+
+    from sweeper.group import launch_group
+
+    Singleton.set_state(singleton_state)
+    setup_globals()
+    return launch_group(launcher.hydra_context, launcher.config, overrides, job_nums)
+
+
+class LocalLauncher(BasicLauncher):
+    """Hydra's basic launcher (one job after the other, in this process), which also runs fused
+    groups (``fuse``: auto | off | K; ``sweeper.fusion``) in this process."""
+
+    def __init__(self, fuse: Any = "auto") -> None:
+        super().__init__()
+        self.fuse = fuse
+
+    def launch_groups(self, groups: Sequence[Sequence[Sequence[str]]], initial_job_idx: int) -> list[list[JobReturn]]:
+        returns, n = [], initial_job_idx
+        for group in groups:
+            if len(group) == 1:
+                returns.append(list(self.launch(group, n)))
+            else:
+                log.info("Launching a fused group of %d jobs locally", len(group))
+                for k, overrides in enumerate(group):
+                    log.info("\t#%d : %s", n + k, " ".join(filter_overrides(overrides)))
+                returns.append(run_group_task(self, [list(o) for o in group], list(range(n, n + len(group))),
+                                              Singleton.get_state()))
+                configure_log(self.config.hydra.hydra_logging, self.config.hydra.verbose)
+            n += len(group)
+        return returns
+
+
 class LocalParallelLauncher(Launcher):
     """Jobs on this machine, at most ``max_parallel`` at once, each on its own GPU (or
     ``jobs_per_gpu`` of them sharing one: slots go round-robin over the GPUs).
@@ -71,8 +108,10 @@ class LocalParallelLauncher(Launcher):
     out of memory) fails only its current job and is replaced."""
 
     def __init__(self, max_parallel: int | None = None, gpus: Sequence[Any] | None = None,
-                 threads_per_job: int | None = None, detach: bool = False, jobs_per_gpu: int = 1) -> None:
+                 threads_per_job: int | None = None, detach: bool = False, jobs_per_gpu: int = 1,
+                 fuse: Any = "auto") -> None:
         self.config = self.hydra_context = self.task_function = None
+        self.fuse = fuse  # fused groups (sweeper.fusion): a group runs in one worker
         if int(jobs_per_gpu) < 1:
             raise ValueError(f"hydra.launcher.jobs_per_gpu={jobs_per_gpu} is invalid: it must be >= 1")
         self.jobs_per_gpu = int(jobs_per_gpu)  # small models leave a large GPU mostly idle
@@ -109,6 +148,11 @@ class LocalParallelLauncher(Launcher):
         return cap, gpus, threads
 
     def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+        return [r for rets in self.launch_groups([[o] for o in job_overrides], initial_job_idx) for r in rets]
+
+    def launch_groups(self, groups: Sequence[Sequence[Sequence[str]]], initial_job_idx: int) -> list[list[JobReturn]]:
+        """Each group (a job alone, or a fused group) on the next free slot; its jobs' returns."""
+        job_overrides = [o for g in groups for o in g]
         cap, gpus, threads = self.plan()
         sweep_dir = Path(str(self.config.hydra.sweep.dir))
         logs = sweep_dir / ".workers"
@@ -116,21 +160,29 @@ class LocalParallelLauncher(Launcher):
         log.info("local_parallel: %d jobs, at most %d at once, GPUs %s, %d CPU threads each (worker logs: %s)",
                  len(job_overrides), cap, ",".join(gpus) or "none", threads, logs)
         slots = WorkerSlots(gpus, threads, logs)
-        pending = deque(enumerate(job_overrides))
+        starts = [sum(len(g) for g in groups[:k]) for k in range(len(groups))]
+        pending = deque(zip(starts, groups))
         results: list[JobReturn | None] = [None] * len(job_overrides)
         try:
-            for slot in range(min(cap, len(job_overrides))):
+            for slot in range(min(cap, len(groups))):
                 slots.start(slot)
             while pending or slots.busy:
                 for slot in slots.idle():
                     if not pending:
                         break
-                    i, overrides = pending.popleft()
-                    n = initial_job_idx + i
-                    args = (list(overrides), "hydra.sweep.dir", n, f"{os.getpid()}_{n}", Singleton.get_state())
-                    slots.send(slot, i, overrides, (self, args))
-                    log.info("\t#%d started (slot %d, GPU %s): %s", n, slot, slots.gpu_of(slot),
-                             " ".join(filter_overrides(overrides)))
+                    first, group = pending.popleft()
+                    indices = list(range(first, first + len(group)))
+                    nums = [initial_job_idx + i for i in indices]
+                    if len(group) == 1:
+                        task = (self, (list(group[0]), "hydra.sweep.dir", nums[0], f"{os.getpid()}_{nums[0]}",
+                                       Singleton.get_state()))
+                    else:
+                        task = (run_group_task, (self, [list(o) for o in group], nums, Singleton.get_state()))
+                    slots.send(slot, indices, list(group), task)
+                    for n, overrides in zip(nums, group):
+                        log.info("\t#%d started (slot %d, GPU %s%s): %s", n, slot, slots.gpu_of(slot),
+                                 f", fused group of {len(group)}" if len(group) > 1 else "",
+                                 " ".join(filter_overrides(overrides)))
                 for i, ret in slots.ended(more_jobs=bool(pending)):
                     results[i] = ret
                     status = "done" if ret.status == JobStatus.COMPLETED else "FAILED"
@@ -142,7 +194,7 @@ class LocalParallelLauncher(Launcher):
             raise
         finally:
             slots.close()
-        return results
+        return [results[first:first + len(group)] for first, group in zip(starts, groups)]
 
 
 class SlurmLauncher(BaseSubmititLauncher):
@@ -156,8 +208,9 @@ class SlurmLauncher(BaseSubmititLauncher):
     _EXECUTOR = "slurm"
 
     def __init__(self, jobs_per_task: int = 1, queue_poll_s: float = 60.0, detach: bool = False,
-                 **params: Any) -> None:
+                 fuse: Any = "auto", **params: Any) -> None:
         super().__init__(**params)
+        self.fuse = fuse  # fused groups (sweeper.fusion): a group is one array task
         if int(jobs_per_task) < 1:
             raise ValueError(f"hydra.launcher.jobs_per_task={jobs_per_task} is invalid: it must be >= 1")
         self.jobs_per_task = int(jobs_per_task)
@@ -169,14 +222,25 @@ class SlurmLauncher(BaseSubmititLauncher):
         raises ``sweeper.preflight.PreflightError``."""
         check_slurm_request(self.params)
 
-    def __call__(self, pack: list[tuple]) -> list[JobReturn]:
+    def __call__(self, pack: list[tuple], fused: bool = False) -> list[JobReturn]:
         use_threads(self.params.get("cpus_per_task"))
+        if fused:  # one fused group: its jobs train together in this task
+            return run_group_task(self, [list(a[0]) for a in pack], [a[2] for a in pack], pack[0][4])
         returns = []
         for job_args in pack:  # (zero-argument super: the class may arrive pickled by value)
             returns.append(super().__call__(*job_args))
         return returns
 
-    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int) -> Sequence[JobReturn]:
+    def launch_groups(self, groups: Sequence[Sequence[Sequence[str]]], initial_job_idx: int) -> list[list[JobReturn]]:
+        """``launch`` with fused groups: each group of several jobs is one array task."""
+        job_overrides = [o for g in groups for o in g]
+        starts = [sum(len(g) for g in groups[:k]) for k in range(len(groups))]
+        flat = self.launch(job_overrides, initial_job_idx,
+                           fused=[list(range(a, a + len(g))) for a, g in zip(starts, groups) if len(g) > 1])
+        return [list(flat[a:a + len(g)]) for a, g in zip(starts, groups)]
+
+    def launch(self, job_overrides: Sequence[Sequence[str]], initial_job_idx: int,
+               fused: Sequence[Sequence[int]] = ()) -> Sequence[JobReturn]:
         """Submit the jobs that are not already queued or running on the cluster (a driver that was
         stopped, or detached, left them there: ``live_tasks`` asks squeue and sacct), then wait for
         all of them; with ``detach`` return at once and let ``python -m sweeper.status`` follow."""
@@ -189,7 +253,8 @@ class SlurmLauncher(BaseSubmititLauncher):
             log.info("slurm: %d of %d jobs are already queued or running on the cluster (%s): not submitted again",
                      len(queued), len(keys), ", ".join(sorted({live[keys[i]][0] for i in queued})))
         todo = [i for i in range(len(job_overrides)) if i not in queued]
-        tasks, packs = self._submit(sweep_dir, [(i, job_overrides[i]) for i in todo], initial_job_idx)
+        tasks, packs = self._submit(sweep_dir, [(i, job_overrides[i]) for i in todo], initial_job_idx,
+                                    [[i for i in g if i not in queued] for g in fused])
         if self.detach:
             log.info("slurm: detached; the jobs run without this process. Follow them with `python -m "
                      "sweeper.status %s`; run the same command again to wait for them or resubmit failed ones",
@@ -209,9 +274,11 @@ class SlurmLauncher(BaseSubmititLauncher):
                 results[i] = wait_for_queued(task, job_overrides[i], sweep_dir, self.queue_poll_s)
         return [results[i] for i in range(len(job_overrides))]
 
-    def _submit(self, sweep_dir: Path, jobs: list[tuple[int, Sequence[str]]], initial_job_idx: int):
-        """One job array for ``jobs`` ((index, overrides) pairs), ``jobs_per_task`` per task:
-        (the tasks, the job indices of each)."""
+    def _submit(self, sweep_dir: Path, jobs: list[tuple[int, Sequence[str]]], initial_job_idx: int,
+                fused: Sequence[Sequence[int]] = ()):
+        """One job array for ``jobs`` ((index, overrides) pairs): each of the ``fused`` groups (job
+        indices) one task, the other jobs ``jobs_per_task`` per task: (the tasks, the job indices
+        of each)."""
         if not jobs:
             return [], []
         import submitit
@@ -224,19 +291,22 @@ class SlurmLauncher(BaseSubmititLauncher):
         base = set(OmegaConf.structured(BaseQueueConf).keys())
         executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in self.params.items()
                                       if k not in init_keys})
-        args = [(list(o), "hydra.sweep.dir", initial_job_idx + i, f"job_id_for_{initial_job_idx + i}",
-                 Singleton.get_state()) for i, o in jobs]
+        args = {i: (list(o), "hydra.sweep.dir", initial_job_idx + i, f"job_id_for_{initial_job_idx + i}",
+                    Singleton.get_state()) for i, o in jobs}
+        groups = [list(g) for g in fused if len(g) > 1]
+        alone = [i for i, _ in jobs if not any(i in g for g in groups)]
         k = self.jobs_per_task
-        packs = [args[n:n + k] for n in range(0, len(args), k)]
-        tasks = executor.map_array(self, packs)
-        log.info("slurm: submitted %d jobs as array %s (%d tasks)", len(args),
-                 tasks[0].job_id.split("_")[0] if tasks else "-", len(tasks))
+        index_packs = groups + [alone[n:n + k] for n in range(0, len(alone), k)]
+        packs = [[args[i] for i in pack] for pack in index_packs]
+        tasks = executor.map_array(self, packs, [True] * len(groups) + [False] * (len(index_packs) - len(groups)))
+        log.info("slurm: submitted %d jobs as array %s (%d tasks%s)", len(args),
+                 tasks[0].job_id.split("_")[0] if tasks else "-", len(tasks),
+                 f"; {len(groups)} fused groups" if groups else "")
         # for `python -m sweeper.status` and the next driver: which task runs each job
         record_slurm_tasks(sweep_dir, {job_key(result_overrides(job_args[0])): task.job_id
                                        for task, pack in zip(tasks, packs) for job_args in pack},
                            slurm_request(self.params))
-        indices = [i for i, _ in jobs]
-        return tasks, [indices[n:n + k] for n in range(0, len(indices), k)]
+        return tasks, index_packs
 
 
 def wait_for_queued(task: str, overrides: Sequence[str], sweep_dir: Path, poll_s: float) -> JobReturn:

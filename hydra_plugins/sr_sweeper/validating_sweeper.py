@@ -23,9 +23,14 @@ from typing import Any
 # What this project still uses of Hydra's private API (hydra 1.3), in full:
 # - hydra._internal's BasicSweeper, below: the grid expansion (sweep syntax,
 #   hydra.sweeper.params, batching); hydra has no public base class for it;
+# - hydra._internal's BasicLauncher: the base of launchers.LocalLauncher (one job after the other
+#   in this process, fused groups too);
+# - hydra.core.utils._save_config, in sweeper.group: a fused group's jobs' .hydra/ files, as
+#   Hydra's run_job writes them for a job alone;
 # - JobReturn._return_value, read by worker_slots.job_error: a failed job's exception (the
 #   public JobReturn.return_value re-raises it).
 # (Optuna's private Trial._trial_id, in optuna_sweeper.trial_overrides, is the other private read.)
+from hydra._internal.core_plugins.basic_launcher import BasicLauncher
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.utils import JobStatus
@@ -35,6 +40,7 @@ from hydra_plugins.sr_sweeper.launchers import LocalParallelLauncher
 from hydra_plugins.sr_sweeper.worker_slots import job_error
 from hydra_plugins.sr_sweeper.sweep_lock import SweepLock
 from sweeper.background import relaunch_in_background
+from sweeper.fusion import parse_fuse, plan_groups, signature
 from sweeper.jobstate import MANIFEST, is_done, job_labels, read_json, record_failure, write_json
 from sweeper.naming import result_overrides
 from sweeper.preflight import PreflightError, check_output_folder, job_fingerprint, validate_config
@@ -61,13 +67,26 @@ class ValidatingSweeper(BasicSweeper):
 
     def sweep(self, arguments: list[str]) -> Any:
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
+        try:
+            parse_fuse(self.fuse)
+        except ValueError as e:
+            refuse(str(e))
         if self.dry_run:
             jobs, job_dirs = self.validated_jobs(arguments, sweep_dir)
             labels = job_labels([result_overrides(o) for o in jobs])
             done = [is_done(d) for d in job_dirs]
+            todo = [i for i, d in enumerate(done) if not d]
+            group_of = {i: g for g, members in enumerate(self.groups(todo), 1) for i in members if len(members) > 1}
+            sizes = [len([i for i in group_of if group_of[i] == g]) for g in sorted(set(group_of.values()))]
             print(f"dry run: {len(jobs)} jobs in {sweep_dir} ({sum(done)} done, {len(jobs) - sum(done)} to run); "
                   "nothing launched")
-            print("\n".join(f"  {'done ' if d else 'to run'}  {label}" for d, label in zip(done, labels)))
+            if self.fuse_supported:
+                print(f"fused (hydra.launcher.fuse={self.fuse}): " + (
+                    f"{sum(sizes)} jobs in {len(sizes)} groups ({', '.join(map(str, sizes))}), "
+                    f"{len(todo) - sum(sizes)} alone" if sizes else "none of the jobs to run can train together"))
+            print("\n".join(f"  {'done ' if d else 'to run'}  {label}"
+                            + (f"  [group {group_of[i]}]" if i in group_of else "")
+                            for i, (d, label) in enumerate(zip(done, labels))))
             return []
         try:
             check_output_folder(sweep_dir)
@@ -107,13 +126,16 @@ class ValidatingSweeper(BasicSweeper):
         params = [f"{k}={v}" for k, v in (self.params or {}).items()] + list(arguments)
         jobs = [list(job) for batch in self.split_arguments(parser.parse_overrides(params), None) for job in batch]
         problems, job_dirs, same = [], [], {}
+        self.signatures = []
         for overrides in jobs:
             job_cfg = self.hydra_context.config_loader.load_sweep_config(self.config, overrides)
             job_dirs.append(sweep_dir / str(job_cfg.hydra.sweep.subdir))
             try:
                 validate_config(job_cfg)
+                self.signatures.append(signature(job_cfg))
                 same.setdefault(job_fingerprint(job_cfg), []).append(" ".join(result_overrides(overrides)))
             except PreflightError as e:
+                self.signatures.append(None)
                 problems.append(f"job [{' '.join(result_overrides(overrides))}]: {e}")
         if problems:
             print(f"error: {len(problems)} of {len(jobs)} jobs have invalid settings; nothing was launched.\n  "
@@ -124,6 +146,19 @@ class ValidatingSweeper(BasicSweeper):
                         "the same sites); all will run: %s", " | ".join(f"[{label}]" for label in labels))
         log.info("pre-flight: %d jobs validated", len(jobs))
         return jobs, job_dirs
+
+    @property
+    def fuse(self):
+        return getattr(self.launcher, "fuse", "off")
+
+    @property
+    def fuse_supported(self) -> bool:
+        return hasattr(self.launcher, "launch_groups")
+
+    def groups(self, todo: list[int]) -> list[list[int]]:
+        """The jobs ``todo`` (indices) as the launcher runs them: fused groups and jobs alone."""
+        fuse = self.fuse if self.fuse_supported else "off"
+        return [[todo[k] for k in g] for g in plan_groups([self.signatures[i] for i in todo], fuse)]
 
     def write_manifest(self, sweep_dir: Path, jobs: list[list[str]], job_dirs: list[Path]) -> None:
         sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -142,16 +177,26 @@ class ValidatingSweeper(BasicSweeper):
         if len(todo) < len(jobs):
             log.info("%d of %d jobs finished earlier; launching the other %d", len(jobs) - len(todo), len(jobs),
                      len(todo))
-        # the local launcher runs a batch in this process: one job per batch, so each gets its line
-        in_process = type(self.launcher).__name__ == "BasicLauncher"
-        batch_size = 1 if in_process else self.max_batch_size or len(todo) or 1
+        # the local launcher runs a batch in this process: one job (or fused group) per batch, so each gets its line
+        in_process = isinstance(self.launcher, BasicLauncher)
+        units = self.groups(todo)
+        if any(len(g) > 1 for g in units):
+            log.info("fused: %d of %d jobs train in %d groups (hydra.launcher.fuse=%s)",
+                     sum(len(g) for g in units if len(g) > 1), len(todo), sum(len(g) > 1 for g in units), self.fuse)
+        batch_size = 1 if in_process else self.max_batch_size or len(units) or 1
         labels = job_labels([result_overrides(o) for o in jobs])
         failures, returns = [], []
         progress = SweepProgress(job_dirs)
         self.launcher.progress = progress  # launchers that wait for many jobs report as each ends
-        for start in range(0, len(todo), batch_size):
-            batch = todo[start:start + batch_size]
-            results = self.launcher.launch([jobs[i] for i in batch], initial_job_idx=start)
+        for start in range(0, len(units), batch_size):
+            batch_units = units[start:start + batch_size]
+            batch = [i for g in batch_units for i in g]
+            first = sum(len(g) for g in units[:start])
+            if self.fuse_supported:
+                results = [r for rets in self.launcher.launch_groups([[jobs[i] for i in g] for g in batch_units],
+                                                                     initial_job_idx=first) for r in rets]
+            else:
+                results = self.launcher.launch([jobs[i] for i in batch], initial_job_idx=first)
             returns.append(results)
             for i, ret in zip(batch, results):
                 if ret.status == JobStatus.FAILED and is_done(job_dirs[i]):

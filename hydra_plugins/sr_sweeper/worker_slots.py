@@ -68,19 +68,21 @@ def worker_main(conn, device: str | None, threads: int | None, log_path: str) ->
             payload = conn.recv_bytes()
         except (EOFError, OSError):
             return
-        fn, args = cloudpickle.loads(payload)
+        fn, args, jobs = cloudpickle.loads(payload)  # jobs: the overrides of each job the task runs
         exiting = None
         try:
             ret = fn(*args)
+            rets = list(ret) if isinstance(ret, (list, tuple)) else [ret]
         except SystemExit as e:  # a stop signal: the job saved its state and asks to end this process
-            ret, exiting = failed_return(args[0], RuntimeError(f"interrupted (exit {e.code}); state saved, "
-                                                               "run the sweep again to resume")), e
+            rets, exiting = [failed_return(o, RuntimeError(f"interrupted (exit {e.code}); state saved, run the sweep "
+                                                           "again to resume")) for o in jobs], e
         except BaseException as e:  # noqa: BLE001 - reported to the parent, which lists the failure
-            ret = failed_return(args[0], e)
+            rets = [failed_return(o, e) for o in jobs]
         try:
-            data = cloudpickle.dumps(ret)
+            data = cloudpickle.dumps(rets)
         except Exception:  # an unpicklable exception: keep its text
-            data = cloudpickle.dumps(failed_return(args[0], RuntimeError(repr(job_error(ret)))))
+            data = cloudpickle.dumps([failed_return(o, RuntimeError(repr(job_error(r)))) if r.status == JobStatus.FAILED
+                                      else r for o, r in zip(jobs, rets)])
         conn.send_bytes(data)
         if exiting is not None:
             raise exiting
@@ -96,7 +98,7 @@ class WorkerSlots:
         self.ctx = mp.get_context("spawn")  # a fresh interpreter: no CUDA state or locks inherited
         self.gpus, self.threads, self.logs = gpus, threads, logs
         self.workers: dict[int, tuple[Any, Any]] = {}  # slot -> (process, its end of the pipe)
-        self.busy: dict[int, tuple[int, Sequence[str]]] = {}  # slot -> (job index, overrides)
+        self.busy: dict[int, tuple[list[int], list[Sequence[str]]]] = {}  # slot -> (its jobs' indices, overrides)
 
     def gpu_of(self, slot: int) -> str | None:
         return self.gpus[slot % len(self.gpus)] if self.gpus else None
@@ -115,31 +117,32 @@ class WorkerSlots:
     def idle(self) -> list[int]:
         return [s for s in self.workers if s not in self.busy]
 
-    def send(self, slot: int, index: int, overrides: Sequence[str], task: tuple) -> None:
-        """Run ``task`` ((function, args), pickled by cloudpickle) as job ``index`` on the slot."""
+    def send(self, slot: int, indices: list[int], overrides: list[Sequence[str]], task: tuple) -> None:
+        """Run ``task`` ((function, args), pickled by cloudpickle) on the slot: the jobs ``indices``
+        (one, or a fused group) with their ``overrides``."""
         import cloudpickle
 
-        self.workers[slot][1].send_bytes(cloudpickle.dumps(task))
-        self.busy[slot] = (index, overrides)
+        self.workers[slot][1].send_bytes(cloudpickle.dumps((*task, [list(o) for o in overrides])))
+        self.busy[slot] = (list(indices), list(overrides))
 
     def ended(self, more_jobs: bool):
-        """Wait until jobs end; yield each as (job index, its ``JobReturn``: a failed one when its
-        process died). After each, a slot whose process is gone gets a fresh worker if
-        ``more_jobs``, else is closed."""
+        """Wait until tasks end; yield each of their jobs as (job index, its ``JobReturn``: a
+        failed one when its process died). After each, a slot whose process is gone gets a fresh
+        worker if ``more_jobs``, else is closed."""
         import cloudpickle
 
         ready = wait([self.workers[s][1] for s in self.busy] + [self.workers[s][0].sentinel for s in self.busy])
-        for slot, (i, overrides) in list(self.busy.items()):
+        for slot, (indices, overrides) in list(self.busy.items()):
             proc, conn = self.workers[slot]
             if conn in ready or proc.sentinel in ready:
                 try:
-                    ret = cloudpickle.loads(conn.recv_bytes())
+                    rets = cloudpickle.loads(conn.recv_bytes())
                 except (EOFError, OSError):
                     proc.join()
-                    ret = failed_return(overrides, RuntimeError(
-                        f"job process died (exit code {proc.exitcode}); log: {self.log_path(slot)}"))
+                    rets = [failed_return(o, RuntimeError(f"job process died (exit code {proc.exitcode}); log: "
+                                                          f"{self.log_path(slot)}")) for o in overrides]
                 del self.busy[slot]
-                yield i, ret
+                yield from zip(indices, rets)
                 if not proc.is_alive() or proc.sentinel in ready:
                     proc.join(timeout=10)
                     conn.close()

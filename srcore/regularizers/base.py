@@ -45,6 +45,7 @@ class Regularizer:
     name: ClassVar[str]
     views: int = 1  # degraded LR views per GT patch the training loop must produce
     tapped_sites: tuple[str, ...] = ()  # sites whose outputs ``extra_loss`` reads
+    draws_in_loss: bool = False  # whether ``extra_loss`` draws random numbers (from torch's global RNG)
 
     def __init__(self) -> None:
         self.sites: frozenset[str] = frozenset()  # where it acts; set by ``attach_regularizers``

@@ -53,6 +53,7 @@ class SimpleAlign(Regularizer):
     name = "simple_align"
     views = 2
     tapped_sites = ("last",)
+    draws_in_loss = True  # the random Fourier features
 
     def __init__(self, lam: float):
         super().__init__()
