@@ -12,7 +12,7 @@
 #
 # 0. the Real-ESRGAN degradation on the device (benchmarks/degradation_device.py): no host sync,
 #    same seed twice, device vs CPU, noise vs OpenCV, batches/s; amortized ms per batch when K
-#    batches are degraded in one call (train.superbatch, K = 1, 8, 16);
+#    batches are degraded in one call (train.superbatch, K = 1, 4, 8, 16; group_px default, 0, inf);
 # 1. the ceiling: the project's SRResNet/RRDB step eager vs one CUDA graph (graph_ceiling.py);
 # 2. the engine: model-step it/s of SRResNet (64x16) and RRDB (64x23) at the paper's batch (16, LR
 #    32, x4), eager vs CUDA graph, fp32 / bf16 / bf16+channels_last, peak GPU memory; then a full
@@ -23,7 +23,9 @@
 #    profile of where an eager iteration's time goes (benchmarks/gpu_engine.py);
 # 4. real jobs through `python -m sweeper` (train + evaluation), bf16: SRResNet 2,000 iterations
 #    with the defaults (CUDA graph) and the eager loop as before; RRDB the same at RRDB_ITERS (500);
-# 5. with SHARE=1, jobs_per_gpu scaling: 1, 2 and 4 SRResNet jobs sharing the GPU (total it/s).
+# 5. with SHARE=1, jobs_per_gpu scaling: 1, 2 and 4 SRResNet jobs sharing the GPU (total it/s);
+# 6. fused groups (FUSE=0 skips): 8 SRResNet seeds at the paper's batch, bf16, FUSE_ITERS (300) each, as one fused
+#    group, one by one (fuse=off) and 4 per GPU (local_parallel jobs_per_gpu=4): total images/s.
 # FULL=1 adds tf32, fp16 and torch.compile to step 2's matrix (several more minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -57,9 +59,7 @@ else
   JOB_TIMEOUT=${JOB_TIMEOUT_S:-150}
   DEGRADE=(--batches 20)
 fi
-if "$PY" benchmarks/degradation_device.py --help 2>/dev/null | grep -q -- "--many"; then
-  DEGRADE+=(--many 1,8,16)
-fi
+if [ $SMOKE = 1 ]; then DEGRADE+=(--many 1,2 --many-rounds 1); else DEGRADE+=(--many 1,4,8,16 --group-px default,0,inf); fi
 
 echo "== 0. the degradation on the device" >&2
 timeout 180 "$PY" benchmarks/degradation_device.py --device "$DEVICE" "${DEGRADE[@]}" --json "$OUT/degrade.json" \
@@ -122,6 +122,27 @@ if [ $SMOKE = 0 ] && [ "${SHARE:-0}" = 1 ]; then
       "train.scheduler.restart_weights=[1]" train.val_every=100000 train.ckpt_every=100000 eval.max_images=1 \
       "eval.degradations=[clean]" logger.mode=disabled sweep_name=share$k >"$OUT/share$k.log" 2>&1 || true
     echo "{\"k\": $k, \"wall_s\": $(( $(date +%s) - start ))}" >>"$OUT/share.jsonl"
+  done
+fi
+
+echo "== 6. fused groups: 8 SRResNet seeds, fused vs one by one vs jobs_per_gpu=4" >&2
+: >"$OUT/fused.jsonl"
+if [ "${FUSE:-1}" = 1 ]; then
+  if [ $SMOKE = 1 ]; then FJOB=("${SMALL[@]}" train.iterations=8 "train.scheduler.periods=[8]"); SEEDS=0,1; else
+    FJOB=(train.iterations=${FUSE_ITERS:-300} "train.scheduler.periods=[${FUSE_ITERS:-300}]" train.precision=bf16 \
+          eval.max_images=1 "eval.degradations=[clean]"); SEEDS=0,1,2,3,4,5,6,7; fi
+  for mode in fused separate shared; do
+    case $mode in
+      fused) extra=() ;;
+      separate) extra=(hydra.launcher.fuse=off) ;;
+      shared) extra=(launcher=local_parallel hydra.launcher.fuse=off hydra.launcher.jobs_per_gpu=4) ;;
+    esac
+    [ $SMOKE = 1 ] && [ $mode = shared ] && continue
+    start=$(date +%s)
+    SR_OUTPUT_ROOT="$OUT/fused_$mode" timeout 240 "$PY" -m sweeper -m seed="$SEEDS" "${FJOB[@]}" \
+      "train.scheduler.restart_weights=[1]" train.val_every=100000 train.ckpt_every=100000 train.device="$DEVICE" \
+      logger.mode=disabled sweep_name=fused_$mode "${extra[@]}" >"$OUT/fused_$mode.log" 2>&1 || true
+    echo "{\"mode\": \"$mode\", \"wall_s\": $(( $(date +%s) - start ))}" >>"$OUT/fused.jsonl"
   done
 fi
 

@@ -144,6 +144,28 @@ def share(out: Path) -> None:
         print(f"| {s['k']} | {total:.2f} ({len(runs)}/{s['k']} jobs) | {s['wall_s']} |")
 
 
+def fused(out: Path) -> None:
+    modes = _lines(out / "fused.jsonl")
+    if not modes:
+        return
+    print("\n### Fused groups: SRResNet seeds at the paper's batch (16 x 32^2 LR)\n")
+    print("| mode | jobs done | training images/s in total | sweep wall s |\n|---|---:|---:|---:|")
+    for m in modes:
+        runs = [json.loads(p.read_text()) for p in (out / f"fused_{m['mode']}").glob("sweeps/*/*/results.json")]
+        if not runs:
+            print(f"| {m['mode']} | 0 | - | {m['wall_s']} |")
+            continue
+        images = [r["config"]["train"]["iterations"] * r["config"]["train"]["batch_size"] for r in runs]
+        if m["mode"] == "fused":  # the group's jobs share one training time
+            rate = sum(images) / max(r["train_seconds"] for r in runs)
+        elif m["mode"] == "separate":  # one after the other
+            rate = sum(images) / sum(r["train_seconds"] for r in runs)
+        else:  # at once: the sum of their rates
+            rate = sum(i / r["train_seconds"] for i, r in zip(images, runs))
+        note = " (target >= 4,000 on an H200)" if m["mode"] == "fused" else ""
+        print(f"| {m['mode']} | {len(runs)} | {rate:,.0f}{note} | {m['wall_s']} |")
+
+
 def main() -> None:
     out = Path(sys.argv[1])
     degradation(out)
@@ -152,6 +174,7 @@ def main() -> None:
     engine(out)
     jobs(out, rows)
     share(out)
+    fused(out)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,8 @@ batch, patch and budget, the schedule's length, the precision and device setting
 regularisers trained with and dropout's position and kind (their sites). Everything a job does
 on its own may differ: seed, dropout ``p`` and every other regulariser's settings, learning
 rate, Adam's betas and weight decay, the schedule's shape, EMA, the training data and
-degradation, evaluation, logging. ``train.compile`` jobs and Optuna trials are never fused.
+degradation, evaluation, logging. ``train.compile`` jobs, jobs on several GPUs (``train.gpus`` > 1) and Optuna trials are never
+fused.
 """
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ AUTO_MAX = 8  # fuse=auto: at most this many jobs in a group
 def signature(cfg: DictConfig) -> str | None:
     """What a job must share with the others of its group (a string to compare), or None for a
     job that never fuses."""
-    if cfg.train.get("compile") or (cfg.get("optuna") and cfg.optuna.get("trial") is not None):
+    if cfg.train.get("compile") or (cfg.get("optuna") and cfg.optuna.get("trial") is not None) or \
+            (cfg.train.get("gpus") or 1) > 1:  # a job on several GPUs (DistributedDataParallel) runs alone
         return None
     plain = {k: OmegaConf.to_container(cfg[k], resolve=True) if OmegaConf.is_config(cfg[k]) else cfg[k]
              for k in cfg if k != "hydra"}  # a job's hydra node needs its runtime to resolve

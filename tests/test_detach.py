@@ -84,7 +84,8 @@ def test_local_parallel_runs_k_jobs_per_gpu_with_the_threads_split(tmp_path):
     launcher = LocalParallelLauncher(gpus=[3, 5], jobs_per_gpu=2, threads_per_job=None)
     cap, gpus, threads = launcher.plan()
     assert cap == 4 and gpus == ["3", "5"] and threads >= 1
-    proc = run_sweeper(["-m", *TINY, "dropout.p=0.1,0.2,0.3", "launcher=local_parallel", "hydra.launcher.gpus=[7]",
+    proc = run_sweeper(["-m", *TINY, "dropout.p=0.1,0.2,0.3", "launcher=local_parallel", "hydra.launcher.fuse=off",
+                        "hydra.launcher.gpus=[7]",
                         "hydra.launcher.jobs_per_gpu=2"], tmp_path)
     assert "at most 2 at once, GPUs 7," in proc.stdout + proc.stderr
     runs = results(sweep_dir(tmp_path))

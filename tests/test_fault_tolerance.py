@@ -118,6 +118,7 @@ def test_sigkill_at_a_random_point_then_rerun_gives_the_uninterrupted_metrics(tm
 
 def test_local_parallel_caps_concurrency_and_gives_each_job_its_own_gpu(tmp_path):
     args = ["-m", *TINY, "train.iterations=60", "dropout.p=0.1,0.2,0.3,0.4,0.5", "launcher=local_parallel",
+            "hydra.launcher.fuse=off",
             "hydra.launcher.max_parallel=2", "hydra.launcher.gpus=[3,5]"]
     proc = run_sweeper(args, tmp_path)
     log = proc.stdout + proc.stderr
@@ -181,7 +182,8 @@ def test_job_labels_keep_only_the_overrides_that_vary():
 
 
 def test_local_parallel_a_killed_worker_fails_only_its_job(tmp_path):
-    args = ["-m", *LONG, "dropout.p=0.1,0.2,0.3", "launcher=local_parallel", "hydra.launcher.max_parallel=1"]
+    args = ["-m", *LONG, "dropout.p=0.1,0.2,0.3", "launcher=local_parallel", "hydra.launcher.max_parallel=1",
+            "hydra.launcher.fuse=off"]
     proc = start_sweeper(args, tmp_path)
     deadline = time.monotonic() + 120
     while not list(tmp_path.glob("sweeps/*/*/status.json")):

@@ -33,7 +33,9 @@ def slurm():
 
 
 def task_id(status: dict) -> str:
-    return f"{status['slurm_job_id']}_{status['slurm_array_task_id']}"
+    """The SLURM id to signal: an array task's, or the job's when submitit sent one task alone."""
+    task = status["slurm_array_task_id"]
+    return status["slurm_job_id"] if task is None else f"{status['slurm_job_id']}_{task}"
 
 
 def read_status(job_dir) -> dict:
@@ -52,7 +54,7 @@ def squeue_state(job: str) -> tuple[str, str]:
 SCHEDULE = ["train.iterations=300", "train.scheduler.periods=[150,150]", "train.log_every=1", "train.val_every=100",
             "train.ckpt_every=50"]
 SLURM = ["launcher=slurm", "hydra.launcher.partition=debug", "hydra.launcher.cpus_per_task=1",
-         "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=10"]
+         "hydra.launcher.mem_gb=1", "hydra.launcher.timeout_min=10", "hydra.launcher.fuse=off"]  # a task per job
 
 
 def test_job_array_with_a_requeued_and_a_cancelled_job(tmp_path):
@@ -269,3 +271,50 @@ def test_a_detached_sweep_survives_a_cancel_and_a_requeue_and_the_next_run_resub
     tables_main([str(sweep)])
     table = capsys.readouterr().out
     assert "unfinished" not in table and "missing" not in table and "0.4" in table, table
+
+
+def test_a_fused_group_is_one_task_preempted_requeued_and_resumed(tmp_path):
+    """Issue 26: two jobs fuse into one array task; SIGUSR2 to that task saves both, submitit
+    requeues it, and both resume to the result of the same group run uninterrupted."""
+    fused = [s for s in SLURM if not s.startswith("hydra.launcher.fuse")]
+    proc = start_sweeper(["-m", *TINY, *SCHEDULE, "dropout.p=0.1,0.2", *fused], tmp_path / "slurm")
+    try:
+        deadline = time.monotonic() + 120
+        while not list((tmp_path / "slurm").glob("sweeps/*/jobs.json")):
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stdout.read()
+            time.sleep(0.1)
+        sweep = sweep_dir(tmp_path / "slurm")
+        jobs = [sweep / j["name"] for j in json.loads((sweep / "jobs.json").read_text())["jobs"]]
+        deadline = time.monotonic() + 180
+        while read_status(jobs[0]).get("iteration", 0) < 20:
+            assert time.monotonic() < deadline, "the group never reached iteration 20"
+            time.sleep(0.05)
+        task = task_id(read_status(jobs[0]))
+        assert task_id(read_status(jobs[1])) == task  # one array task runs both
+        signaller = subprocess.Popen(["scancel", "--signal=USR2", task], stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 180
+        while read_status(jobs[0]).get("attempt") != 2:
+            assert time.monotonic() < deadline, "the preempted group was never restarted"
+            if read_status(jobs[0]).get("state") == "interrupted":
+                signaller.kill()
+                signaller.wait()
+            state, reason = squeue_state(task)
+            if state == "PENDING" and reason == "BeginTime" and signaller.poll() is not None:
+                subprocess.run(["scontrol", "update", f"JobId={task}", "StartTime=now"], check=False)
+            time.sleep(0.1)
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if "signaller" in locals() and signaller.poll() is None:
+            signaller.kill()
+    assert proc.returncode == 0, out[-3000:]
+    assert "1 fused groups" in out and "sweep: all 2 jobs done" in out, out[-3000:]
+    done = results(sweep)
+    assert all(r["attempt"] == 2 for r in done.values())
+    # the same group uninterrupted, with the same thread count, ends identically
+    run_sweeper(["-m", *TINY, *SCHEDULE, "dropout.p=0.1,0.2", "train.threads=1"], tmp_path / "ref")
+    ref = sweep_dir(tmp_path / "ref")
+    for name, r in results(ref).items():
+        assert done[name]["metrics"] == r["metrics"], name
+        assert same_weights(sweep / name, ref / name)
