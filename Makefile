@@ -8,7 +8,7 @@ OUTPUT_ROOT = $(or $(SR_OUTPUT_ROOT),outputs)
 export WANDB_ERROR_REPORTING ?= false
 export WANDB_SILENT ?= true
 
-.PHONY: setup demo test test-slow test-all tables bench bench-eval bench-launchers bench-tables bench-stats faults slurm-up slurm-down clean
+.PHONY: setup demo test test-slow test-all tables bench bench-eval bench-launchers bench-tables bench-stats bench-fused faults slurm-up slurm-down clean
 
 setup: $(STAMP)
 
@@ -61,6 +61,10 @@ bench-stats: setup
 # Launcher overhead: a 9-job smoke sweep under local, local_parallel and slurm (if up).
 bench-launchers: setup
 	$(PY) benchmarks/bench_launchers.py
+
+# A fused group (issue 26): 4 demo jobs fused vs one at a time, engine and command line.
+bench-fused: setup
+	$(PY) benchmarks/bench_fused.py
 
 # Fault injection (issue 19): every reliability defect and kill -9 at 13 points of a job's life,
 # each rerun checked against an uninterrupted run; ends "N of M faults survived, nothing lost".

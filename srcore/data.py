@@ -137,6 +137,7 @@ class TrainPatches(Dataset):
         # job's loader), the host holds the set once plus what the generator holds. (Sharing the
         # caller's arrays instead was measured 40% slower per iteration at a tiny size on this
         # CPU, docs/speed.md: the copy stays.)
+        self._pool = _ImagePool()  # shared by ``with_seed`` copies
         self.images = [torch.from_numpy(np.array(pad_to(im, patch), dtype=np.uint8)).permute(2, 0, 1)
                        for _, im in images]
         if not self.images:
@@ -145,6 +146,11 @@ class TrainPatches(Dataset):
 
     def nbytes(self) -> int:
         return sum(im.numel() for im in self.images)
+
+    # the images (and their packed store) live in a pool that ``with_seed`` copies share, so that
+    # packing one copy onto a device packs them all, once
+    images = property(lambda self: self._pool.images, lambda self, v: setattr(self._pool, "images", v))
+    _store = property(lambda self: self._pool.store, lambda self, v: setattr(self._pool, "store", v))
 
     def with_seed(self, seed: int) -> "TrainPatches":
         """The same images (shared, not copied: also where ``to`` packed them) cut by another
@@ -179,7 +185,7 @@ class TrainPatches(Dataset):
     @property
     def packed(self) -> bool:
         """Whether the images sit in one buffer (``to``), so ``batch`` cuts a batch in one gather."""
-        return getattr(self, "_store", None) is not None
+        return self._store is not None
 
     def __len__(self) -> int:
         return 2**62  # keys are unbounded; the sampler decides which ones are drawn
@@ -217,6 +223,12 @@ class TrainPatches(Dataset):
         at = (where[0, :, None, None, None] + torch.arange(3, device=store.device)[:, None, None]
               + p[:, None] * where[1, :, None, None, None] + xs[:, None, None, :])
         return store[at]
+
+
+class _ImagePool:
+    def __init__(self):
+        self.images: list[torch.Tensor] = []
+        self.store = None
 
 
 class KeyRange(Sampler):

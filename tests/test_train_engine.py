@@ -41,6 +41,15 @@ def test_a_batch_gathered_from_packed_images_equals_the_per_sample_crops(hflip):
     assert sum(torch.equal(host[k], host[k].flip(-1)) for k in range(64)) < 64  # flips do happen
 
 
+def test_the_jobs_of_a_group_share_one_copy_of_their_images():
+    base = TrainPatches(builtin_images("train")[:3], patch=48, seed=0)
+    other = base.with_seed(7)
+    base.to("cpu")  # packing one packs both (a GPU holds the set once for the whole group)
+    assert other.packed and other.images[0].data_ptr() == base.images[0].data_ptr()
+    alone = TrainPatches(builtin_images("train")[:3], patch=48, seed=7)
+    assert torch.equal(other.batch(range(6)), torch.stack([alone[k] for k in range(6)]))
+
+
 def test_small_images_are_padded_before_packing():
     images = [("small", builtin_images("train")[0][1][:40, :50])]  # smaller than the patch
     host, packed = TrainPatches(images, 64, seed=1), TrainPatches(images, 64, seed=1).to("cpu")
