@@ -4,7 +4,8 @@
    batch and crops, Real-ESRGAN degradation) for ``--iters`` iterations, fused
    (``srcore.train_group``) and alone (``srcore.train.train``): each job's loss at every
    iteration (largest relative gap) and its final weights (largest gap, relative to the
-   tensor's norm, and in absolute terms);
+   tensor's norm, and in absolute terms); for scale, the same gaps between the jobs alone and
+   the jobs alone in the other memory format (NCHW): a change of float rounding only;
 2. the command line: the same 4-job grid through ``python -m sweeper -m`` fused and with
    ``hydra.launcher.fuse=off``, at the demo's 400 iterations: each sweep's wall time, its total
    training it/s (4 x 400 / the training seconds), the largest test-metric gap per job, and
@@ -39,9 +40,9 @@ def engine(iters: int) -> dict:
     from sweeper import build
     from sweeper.compose import compose
 
-    def make(overrides, tmp: Path, name: str):
+    def make(overrides, tmp: Path, name: str, extra=()):
         cfg = compose(["preset=demo", *overrides, f"train.iterations={iters}", f"train.scheduler.periods=[{iters}]",
-                       "train.log_every=1", f"train.val_every={iters}", f"train.ckpt_every={iters}"])
+                       "train.log_every=1", f"train.val_every={iters}", f"train.ckpt_every={iters}", *extra])
         settings, deg = build.train_settings(cfg), build.degradation(cfg)
         patches = build.train_patches(cfg, deg)
         torch.manual_seed(cfg.seed)
@@ -59,19 +60,30 @@ def engine(iters: int) -> dict:
             train(job.model, job.patches, job.degrade, job.cfg, job.checkpoint, log_metrics=job.log_metrics)
             alone.append((losses, {n: v.clone() for n, v in job.model.state_dict().items()}))
         alone_s = time.perf_counter() - t0
+        nchw = []  # the same jobs alone in the other memory format: the scale of float-rounding differences
+        for k, o in enumerate(JOBS):
+            job, losses = make(o, tmp, f"nchw{k}", ["train.channels_last=false"])
+            train(job.model, job.patches, job.degrade, job.cfg, job.checkpoint, log_metrics=job.log_metrics)
+            nchw.append((losses, {n: v.clone() for n, v in job.model.state_dict().items()}))
         pairs = [make(o, tmp, f"fused{k}") for k, o in enumerate(JOBS)]
         t0 = time.perf_counter()
         train_group([j for j, _ in pairs])
         fused_s = time.perf_counter() - t0
-    loss_gap = max(abs(l[s] - a[s]) / abs(a[s]) for (_, l), (a, _) in zip(pairs, alone) for s in a)
-    rel, absolute = 0.0, 0.0
-    for (j, _), (_, w) in zip(pairs, alone):
-        for n, v in j.model.state_dict().items():
-            rel = max(rel, ((v - w[n]).norm() / w[n].norm().clamp_min(1e-12)).item())
-            absolute = max(absolute, (v - w[n]).abs().max().item())
-    bit = all(torch.equal(j.model.state_dict()[n], w[n]) for (j, _), (_, w) in zip(pairs, alone) for n in w)
+    fused = [(losses, j.model.state_dict()) for j, losses in pairs]
+
+    def gaps(runs):
+        loss = max(abs(l[s] - a[s]) / abs(a[s]) for (l, _), (a, _) in zip(runs, alone) for s in a)
+        rel = max(((v - w[n]).norm() / w[n].norm().clamp_min(1e-12)).item()
+                  for (_, m), (_, w) in zip(runs, alone) for n, v in m.items())
+        absolute = max((v - w[n]).abs().max().item() for (_, m), (_, w) in zip(runs, alone) for n, v in m.items())
+        return loss, rel, absolute
+
+    loss_gap, rel, absolute = gaps(fused)
+    nchw_loss, nchw_rel, nchw_abs = gaps(nchw)
+    bit = all(torch.equal(m[n], w[n]) for (_, m), (_, w) in zip(fused, alone) for n in w)
     return {"iterations": iters, "max_rel_loss_gap": loss_gap, "max_rel_weight_gap": rel,
-            "max_abs_weight_gap": absolute, "bit_identical": bit, "alone_s": alone_s, "fused_s": fused_s}
+            "max_abs_weight_gap": absolute, "bit_identical": bit, "alone_s": alone_s, "fused_s": fused_s,
+            "nchw_rel_loss_gap": nchw_loss, "nchw_rel_weight_gap": nchw_rel, "nchw_abs_weight_gap": nchw_abs}
 
 
 def sweep(out: Path, extra: list[str], threads: int) -> tuple[float, Path]:
@@ -119,6 +131,8 @@ def main(argv=None) -> None:
           f"final weights max relative gap {e['max_rel_weight_gap']:.2e}, max absolute {e['max_abs_weight_gap']:.2e}; "
           f"bit-identical {e['bit_identical']}; alone {e['alone_s']:.1f} s, fused {e['fused_s']:.1f} s "
           f"({e['alone_s'] / e['fused_s']:.2f}x)", flush=True)
+    print(f"  for scale, the same jobs alone in NCHW instead of channels_last: loss {e['nchw_rel_loss_gap']:.2e}, "
+          f"weights relative {e['nchw_rel_weight_gap']:.2e}, absolute {e['nchw_abs_weight_gap']:.2e}", flush=True)
     if args.skip_cli:
         return
     c = cli(args.threads)

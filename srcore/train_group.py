@@ -44,6 +44,13 @@ from srcore.train_step import CudaGraphStep, SiteOutputs, capture_key, regulariz
 
 log = logging.getLogger("srcore.train")
 
+# How the stacked networks run, per device type: "vmap" (one network K times wider: grouped
+# convolutions, batched matmuls -- a GPU's larger kernels) or "loop" (the K networks one after the
+# other on their slices of the stack: on this CPU vmap's grouped convolutions trained a 4-job demo
+# group at 0.70x the speed of the jobs alone, benchmarks/bench_fused.py). Either way one backward
+# for the group, each job's own masks and streams.
+KERNELS = {"cuda": "vmap", "cpu": "loop"}
+
 # TrainSettings fields every job of a group must share (the stacked step's shape and arithmetic)
 SHARED = ("iterations", "batch_size", "device", "precision", "tf32", "channels_last", "compile")
 
@@ -91,6 +98,8 @@ class _Member:
         self.index, self.job, self.cfg = index, job, job.cfg
         self.gen = _seed(job.cfg.seed)
         job.model.to(device)
+        if job.cfg.channels_last:
+            job.model.to(memory_format=torch.channels_last)
         self.state = TrainingState(job.model, job.cfg, self.gen)
         self.start, degradation_from = self.state.resume(job.checkpoint)
         self.rng = _rng_state(device)  # this job's global streams (seeded, or restored by the resume)
@@ -99,7 +108,8 @@ class _Member:
         _place_images(job.patches, job.cfg, device)
         self.batches = TrainingBatches(job.patches, job.degrade, self.gen, batch_size=job.cfg.batch_size,
                                        iterations=job.cfg.iterations, start=self.start, device=device,
-                                       views=self.views, superbatch=job.cfg.superbatch, prefetch=job.cfg.prefetch,
+                                       views=self.views, channels_last=job.cfg.channels_last,
+                                       superbatch=job.cfg.superbatch, prefetch=job.cfg.prefetch,
                                        num_workers=job.cfg.num_workers, seed=job.cfg.seed,
                                        resume_from=degradation_from)
         self.batch_iter = None
@@ -132,13 +142,26 @@ def _set_rng_state(state, device: torch.device) -> None:
         torch.cuda.set_rng_state(state[1], device)
 
 
+def _stacked(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The tensors stacked along a new first dimension, each slice in its tensor's memory layout
+    (a channels_last weight stays channels_last in its slice)."""
+    t = tensors[0]
+    if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous():
+        o, i, kh, kw = t.shape
+        out = torch.empty((len(tensors), o, kh, kw, i), dtype=t.dtype, device=t.device).permute(0, 1, 4, 2, 3)
+        for k, x in enumerate(tensors):
+            out[k].copy_(x)
+        return out
+    return torch.stack(tensors)
+
+
 class _Stack:
     """The members' weights as (K, ...) leaves; each member's parameters alias its slice."""
 
     def __init__(self, models: Sequence[nn.Module]):
         names = [n for n, _ in models[0].named_parameters()]
         per_model = [dict(m.named_parameters()) for m in models]
-        self.params = {n: torch.stack([p[n].detach() for p in per_model]).requires_grad_() for n in names}
+        self.params = {n: _stacked([p[n].detach() for p in per_model]).requires_grad_() for n in names}
         for k, p in enumerate(per_model):
             for n in names:
                 p[n].data = self.params[n].data[k]
@@ -154,10 +177,11 @@ class _Stack:
                     p[n].grad = stacked.grad[k]
 
 
-def train_group(jobs: Sequence[GroupJob], should_stop: Callable[[], bool] = lambda: False
+def train_group(jobs: Sequence[GroupJob], should_stop: Callable[[], bool] = lambda: False, kernel: str | None = None
                 ) -> list[nn.Module | BaseException]:
     """Train the jobs together; per job its EMA copy (or its model when ema_decay is 0), or the
-    exception that failed it. A stop request saves every job and raises ``Interrupted``."""
+    exception that failed it. A stop request saves every job and raises ``Interrupted``.
+    ``kernel``: how the stacked networks run (``KERNELS``; None: the device's default)."""
     check_group(jobs)
     device = resolve_device(jobs[0].cfg.device)
     members = [_Member(k, job, device) for k, job in enumerate(jobs)]
@@ -175,7 +199,15 @@ def train_group(jobs: Sequence[GroupJob], should_stop: Callable[[], bool] = lamb
         taps.features.clear()
         return sr, features
 
-    step = FusedStep(members, stack, vmap(forward), autocast, device, cfg.tf32)
+    def one_by_one(params, multipliers, lr):
+        """The same as ``vmap(forward)``, the networks run one after the other (``KERNELS``)."""
+        fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        outs = [forward({n: p[k] for n, p in params.items()}, [m[k] for m in multipliers],
+                        lr[k].contiguous(memory_format=fmt)) for k in range(len(members))]
+        return torch.stack([sr for sr, _ in outs]), {s: torch.stack([f[s] for _, f in outs]) for s in outs[0][1]}
+
+    kernel = KERNELS.get(device.type, "vmap") if kernel is None else kernel
+    step = FusedStep(members, stack, vmap(forward) if kernel == "vmap" else one_by_one, autocast, device, cfg.tf32)
     first = min(m.start for m in members)
     log.info("fused group of %d jobs: iterations %d-%d", len(members), first + 1, cfg.iterations)
     for job in jobs:

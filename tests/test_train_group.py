@@ -14,8 +14,9 @@ from srcore.train import Interrupted, train
 from srcore.train_group import GroupJob, check_group, train_group
 from tests.test_train import Crash, tiny_settings
 
-# float tolerance of a fused job against the same job alone (vmap runs the K networks as grouped
-# convolutions: the same arithmetic in another order)
+# float tolerance of a fused job against the same job alone with the vmap kernel (a GPU's: the K
+# networks as grouped convolutions, the same arithmetic in another order); the CPU's "loop" kernel
+# is bit-identical
 LOSS_RTOL, WEIGHT_RTOL = 1e-5, 1e-3
 
 
@@ -50,17 +51,24 @@ GRID = [dict(seed=0, p=0.1), dict(seed=1, p=0.1), dict(seed=0, p=0.5), dict(seed
 
 
 def test_a_fused_group_of_four_trains_each_job_as_it_trains_alone(tmp_path):
-    solo = [alone(tmp_path, f"solo{k}", **kw) for k, kw in enumerate(GRID)]
-    pairs = [job(tmp_path, f"fused{k}", **kw) for k, kw in enumerate(GRID)]
-    out = train_group([j for j, _ in pairs])
-    for k, ((j, losses), (solo_losses, solo_model, solo_ema)) in enumerate(zip(pairs, solo)):
-        assert sorted(losses) == sorted(solo_losses) == list(range(1, 13))
-        for step in losses:
-            assert math.isclose(losses[step], solo_losses[step], rel_tol=LOSS_RTOL), (k, step)
-        weights_close(j.model.state_dict(), solo_model)
-        weights_close(out[k].state_dict(), solo_ema)
-    # and the jobs differ from each other (own seeds, own p, own masks)
-    assert pairs[0][1][12] != pairs[1][1][12] and pairs[0][1][12] != pairs[2][1][12]
+    """On the CPU (kernel "loop") bit for bit; with vmap (a GPU's kernel) within float tolerance."""
+    solo = [alone(tmp_path, f"solo{k}", channels_last=True, **kw) for k, kw in enumerate(GRID)]
+    for kernel in ("loop", "vmap"):
+        pairs = [job(tmp_path, f"{kernel}{k}", channels_last=True, **kw) for k, kw in enumerate(GRID)]
+        out = train_group([j for j, _ in pairs], kernel=kernel)
+        for k, ((j, losses), (solo_losses, solo_model, solo_ema)) in enumerate(zip(pairs, solo)):
+            assert sorted(losses) == sorted(solo_losses) == list(range(1, 13))
+            if kernel == "loop":
+                assert losses == solo_losses
+                for got, want in ((j.model.state_dict(), solo_model), (out[k].state_dict(), solo_ema)):
+                    assert all(torch.equal(got[n], want[n]) for n in want), (k, kernel)
+                continue
+            for step in losses:
+                assert math.isclose(losses[step], solo_losses[step], rel_tol=LOSS_RTOL), (k, step)
+            weights_close(j.model.state_dict(), solo_model)
+            weights_close(out[k].state_dict(), solo_ema)
+        # and the jobs differ from each other (own seeds, own p, own masks)
+        assert pairs[0][1][12] != pairs[1][1][12] and pairs[0][1][12] != pairs[2][1][12]
 
 
 def test_each_fused_job_draws_its_own_masks_as_alone():
