@@ -232,13 +232,28 @@ class _ImagePool:
 
 
 class KeyRange(Sampler):
-    """Sample keys for iterations ``start+1 .. stop`` (1-based), ``batch_size`` keys each."""
+    """Sample keys for iterations ``start+1 .. stop`` (1-based), ``batch_size`` keys each. With
+    ``world_size`` ranks (a job on several GPUs, ``srcore.distributed``), rank ``rank``'s share of
+    each iteration's keys: the ``batch_size / world_size`` keys from ``rank * batch_size /
+    world_size`` on, so the ranks together draw the keys of one rank alone."""
 
-    def __init__(self, start_iteration: int, stop_iteration: int, batch_size: int):
+    def __init__(self, start_iteration: int, stop_iteration: int, batch_size: int, rank: int = 0,
+                 world_size: int = 1):
         self.first, self.last = start_iteration * batch_size, stop_iteration * batch_size
+        self.batch_size, self.rank, self.world_size = batch_size, rank, world_size
 
     def __iter__(self):
-        return iter(range(self.first, self.last))
+        if self.world_size == 1:
+            return iter(range(self.first, self.last))
+        return iter(shard_keys(range(self.first, self.last), self.batch_size, self.rank, self.world_size))
 
     def __len__(self) -> int:
-        return self.last - self.first
+        return (self.last - self.first) // self.world_size
+
+
+def shard_keys(keys: range, batch_size: int, rank: int, world_size: int) -> list[int]:
+    """Rank ``rank``'s keys of ``keys`` (whole iterations of ``batch_size`` keys): the
+    ``rank``-th of ``world_size`` equal slices of each iteration's keys."""
+    local = batch_size // world_size
+    return [k for start in range(keys.start, keys.stop, batch_size)
+            for k in range(start + rank * local, start + (rank + 1) * local)]

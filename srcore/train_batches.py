@@ -31,7 +31,7 @@ from typing import NamedTuple
 import torch
 from torch.utils.data import DataLoader
 
-from srcore.data import KeyRange, TrainPatches
+from srcore.data import KeyRange, TrainPatches, shard_keys
 
 Degrade = Callable[[torch.Tensor, torch.Generator], tuple[torch.Tensor, torch.Tensor]]
 
@@ -75,14 +75,19 @@ class TrainingBatches:
     """The batches of iterations ``start + 1 .. iterations`` (see the module doc).
 
     ``resume_from``: the first iteration whose draws the degradation's generator (``gen``, already
-    restored) starts at; None: ``start + 1``."""
+    restored) starts at; None: ``start + 1``. ``rank`` of ``world_size`` (a job on several GPUs):
+    ``batch_size`` is the global batch, and this rank's batches hold its share of each
+    iteration's crops (``srcore.data.shard_keys``), degraded by this rank's ``gen``."""
 
     def __init__(self, patches: TrainPatches, degrade: Degrade, gen: torch.Generator, *, batch_size: int,
                  iterations: int, start: int, device: torch.device, views: int = 1, channels_last: bool = False,
                  superbatch: int = 1, prefetch: int = 0, num_workers: int = 0, seed: int = 0,
-                 resume_from: int | None = None):
+                 resume_from: int | None = None, rank: int = 0, world_size: int = 1):
+        if batch_size % world_size:
+            raise ValueError(f"the batch of {batch_size} does not split over {world_size} ranks")
         self.patches, self.degrade, self.gen = patches, degrade, gen
         self.batch_size, self.last, self.start = batch_size, iterations, start
+        self.rank, self.world_size = rank, world_size
         self.first = start + 1 if resume_from is None else resume_from
         if not 1 <= self.first <= start + 1:
             raise ValueError(f"the degradation's state resumes at iteration {self.first}, after the run's "
@@ -122,11 +127,15 @@ class TrainingBatches:
     def _crops(self) -> Iterator[torch.Tensor]:
         """uint8 GT crops of each iteration from ``self.first`` on: gathered on the device when the
         images are packed there, else collated by a DataLoader (as before: bit-identical)."""
-        b = self.batch_size
+        b, n = self.batch_size, self.world_size
         if getattr(self.patches, "packed", False) and self.patches.device == self.device:
-            return (self.patches.batch(range((i - 1) * b, i * b)) for i in range(self.first, self.last + 1))
+            if n == 1:
+                return (self.patches.batch(range((i - 1) * b, i * b)) for i in range(self.first, self.last + 1))
+            return (self.patches.batch(shard_keys(range((i - 1) * b, i * b), b, self.rank, n))
+                    for i in range(self.first, self.last + 1))
         on_host = getattr(self.patches, "device", torch.device("cpu")).type == "cpu"
-        return iter(DataLoader(self.patches, batch_size=b, sampler=KeyRange(self.first - 1, self.last, b),
+        return iter(DataLoader(self.patches, batch_size=b // n,
+                               sampler=KeyRange(self.first - 1, self.last, b, self.rank, n),
                                num_workers=self.num_workers, pin_memory=self.device.type == "cuda" and on_host,
                                drop_last=True, persistent_workers=False,
                                # its own generator: creating the iterator must not consume the global RNG

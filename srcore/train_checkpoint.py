@@ -86,6 +86,33 @@ def restore_rng_states(states: dict, gen: torch.Generator, seed: int, iteration:
                     "bit-identically to an uninterrupted one", saved, gen.device.type, seed, iteration)
 
 
+def rank_rng_states(state: dict, rank: int, world_size: int) -> dict | None:
+    """The random states rank ``rank`` of a ``world_size``-rank job resumes from: what the
+    checkpoint holds for that rank (``rng`` is rank 0's, ``rng_ranks`` the others' of a job on
+    several ranks), or None when it holds none (written by a job on fewer ranks). A checkpoint of
+    another rank count is said in one line (rank 0): the run continues, not bit-identically."""
+    saved = int(state.get("ranks", 1))
+    if saved != world_size and rank == 0:
+        log.warning("the checkpoint was written by a job on %d rank(s), this one runs on %d: the ranks it holds "
+                    "restore their random streams, the others are re-seeded from (their seed, iteration %d); the "
+                    "run continues, but not bit-identically to an uninterrupted one", saved, world_size,
+                    state["iteration"])
+    if rank == 0:
+        return state["rng"]
+    others = state.get("rng_ranks") or []
+    return others[rank - 1] if rank - 1 < len(others) else None
+
+
+def reseed_streams(gen: torch.Generator, seed: int, iteration: int) -> None:
+    """Every random stream (``rng_states``'s) from (seed, iteration): a rank that the checkpoint
+    holds no state for."""
+    value = reseed_value(seed, iteration)
+    random.seed(value)
+    np.random.seed(value % 2**32)
+    torch.manual_seed(value)
+    gen.manual_seed(value)
+
+
 # --- Checkpoint files: the latest and the one before it -------------------------------------
 
 def previous_checkpoint(checkpoint: Path) -> Path:
@@ -114,6 +141,11 @@ def _keep_as_previous(checkpoint: Path) -> None:
     except OSError:
         shutil.copyfile(checkpoint, tmp)
     os.replace(tmp, previous)
+
+
+def read_training_state(path: Path) -> dict:
+    """A training checkpoint file (``CheckpointError`` when it is not one)."""
+    return _read_training_state(path)
 
 
 def _read_training_state(path: Path) -> dict:

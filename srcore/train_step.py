@@ -67,9 +67,10 @@ class EagerStep:
     """The step operation by operation: ``step(hr, lr) -> (loss, terms)``, the state updated."""
 
     def __init__(self, state, forward: Callable, regularizers: Sequence[Regularizer], taps: SiteOutputs,
-                 autocast: dict, device: torch.device, tf32: bool):
+                 autocast: dict, device: torch.device, tf32: bool, sync: Callable[[], None] | None = None):
         self.state, self.forward, self.regularizers, self.taps = state, forward, tuple(regularizers), taps
         self.autocast, self.device, self.tf32 = autocast, device, tf32
+        self.sync = sync  # a job on several GPUs whose backward is not DDP's: averages the gradients over the ranks
 
     def losses(self, hr: torch.Tensor, lr: torch.Tensor, cache_enabled: bool = True):
         """Forward, loss and backward (the gradients of the scaled loss; ``.grad`` written or
@@ -92,6 +93,8 @@ class EagerStep:
         self.state.opt.zero_grad(set_to_none=True)
 
     def apply_gradients(self) -> None:
+        if self.sync is not None:
+            self.sync()
         self.state.apply_gradients()
 
     def capture_key(self):
