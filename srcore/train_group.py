@@ -3,8 +3,9 @@
 An ablation study is many small jobs that differ in a seed, a probability, a learning rate. Jobs
 whose networks have the same structure (backbone, regulariser sites, batch, patch, schedule
 length, precision) train here as one: their weights are stacked along a new first dimension and
-one vmapped forward / backward (``torch.func``) runs all K networks -- on a GPU, K times larger
-kernels instead of K small ones. Each job keeps everything that makes it a job:
+one forward / backward runs all K networks -- on a GPU vmapped (``torch.func``: K times larger
+kernels instead of K small ones), on a CPU one network after the other on its slice of the stack
+(``KERNELS``; bit-identical there to the jobs alone). Each job keeps everything that makes it a job:
 
 - its own weights (its model's parameters are views of its slice of the stack), Adam state,
   learning-rate schedule, fp16 scaler and EMA (its own ``TrainingState``), so its checkpoint is
