@@ -37,6 +37,7 @@ from sweeper.optuna_report import Pruned
 from sweeper.preemption import StopRequest
 from sweeper.preflight import validate_config
 from sweeper.progress import JobProgress
+from sweeper.ranks import job_ranks
 from sweeper.wandb_run import JobRun, ValidationImages, degradation_panels, start_service
 
 log = logging.getLogger(__name__)
@@ -132,10 +133,16 @@ def _train_and_evaluate(cfg: DictConfig, job_dir: Path, job_name: str, tags: lis
         session.progress.begin("train")
         t0 = time.perf_counter()
         try:
-            final = train(session.model, session.patches, session.degrade, session.settings, job_dir / CHECKPOINT,
-                          should_stop=lambda: stop.requested, **session.callbacks())
+            with job_ranks(cfg, job_dir) as ranks:  # train.gpus > 1: this process is rank 0 (sweeper.ranks)
+                final = train(session.model, session.patches, session.degrade, session.settings, job_dir / CHECKPOINT,
+                              should_stop=(lambda: stop.requested) if ranks is None else (lambda: stop.signum or 0),
+                              ranks=ranks, **session.callbacks())
         except Pruned as e:  # a clean end, not a failure: the study has seen the reports
             return session.pruned(e)
+        except Interrupted as e:
+            if stop.signum is None and e.request:  # another rank got the signal: this one acts on it
+                stop.signum = e.request
+            raise
         return session.finish(final, time.perf_counter() - t0)
     finally:
         session.close()
