@@ -122,6 +122,33 @@ def _validate_train(cfg: DictConfig) -> None:
     device = str(t.device)
     _validate_device(device)
     _validate_speed(t)
+    _validate_gpus(cfg)
+
+
+def _validate_gpus(cfg: DictConfig) -> None:
+    """``train.gpus``: N ranks split the global batch, one GPU each (docs/cluster.md, "One job on N GPUs")."""
+    t = cfg.train
+    n = t.get("gpus", 1)
+    _positive_int("train.gpus", n)
+    if n == 1:
+        return
+    batch = build.gt_batch_size(cfg)
+    if batch % n:
+        raise PreflightError(f"train.gpus={n} does not divide the global batch train.batch_size={batch} (each rank "
+                             f"takes batch_size / gpus patches): use a batch_size that is a multiple of {n}")
+    if t.compile:
+        raise PreflightError(f"train.compile=true is not supported with train.gpus={n} (several ranks train "
+                             "eagerly through DistributedDataParallel): set train.compile=false or train.gpus=1")
+    device = str(t.device)
+    if device.startswith("cuda:"):
+        raise PreflightError(f"train.device={device!r} names one GPU but train.gpus={n} takes {n}, one per rank: use "
+                             "train.device=cuda or auto (choose the GPUs with CUDA_VISIBLE_DEVICES)")
+    import torch
+    if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
+        visible = torch.cuda.device_count()
+        if n > visible:
+            raise PreflightError(f"train.gpus={n} but this machine shows {visible} GPU(s) (train.device={device}); "
+                                 f"allowed: 1..{visible}, or train.device=cpu for {n} CPU ranks")
 
 
 def _validate_speed(t) -> None:

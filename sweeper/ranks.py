@@ -121,7 +121,7 @@ def job_ranks(cfg, job_dir: Path):
     else:
         store = dist.TCPStore("127.0.0.1", 0, n, True, timeout=PUBLISH_TIMEOUT, wait_for_workers=False)
         where = ("127.0.0.1", store.port)
-    threads = rank_threads(cfg, n)
+    threads = rank_threads(cfg, n, shared_cores=_slurm is None)
     store.set("job", json.dumps({"config": OmegaConf.to_yaml(cfg, resolve=True), "job_dir": str(job_dir),
                                  "threads": threads}))
     if where is not None:
@@ -146,14 +146,16 @@ def job_ranks(cfg, job_dir: Path):
         end_helpers(helpers, wait_s=HELPER_EXIT_S if ok else 5.0)
 
 
-def rank_threads(cfg, n: int) -> int:
-    """CPU threads of each rank: ``train.threads`` if set, else this process's share split over the
-    N ranks on the CPU (N processes on the cores one job had), or left as it is on GPUs."""
+def rank_threads(cfg, n: int, shared_cores: bool = True) -> int:
+    """CPU threads of each rank: ``train.threads`` if set, else this process's, split over the N
+    ranks when they train on the CPU and share the cores one job had (locally; a SLURM task has
+    its own ``cpus_per_task``)."""
     import torch
 
     if cfg.train.get("threads"):
         return int(cfg.train.threads)
-    if str(cfg.train.device) == "cpu" or (str(cfg.train.device) == "auto" and not torch.cuda.is_available()):
+    cpu = str(cfg.train.device) == "cpu" or (str(cfg.train.device) == "auto" and not torch.cuda.is_available())
+    if cpu and shared_cores:
         return max(1, torch.get_num_threads() // n)
     return torch.get_num_threads()
 

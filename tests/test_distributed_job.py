@@ -26,6 +26,8 @@ from tests.test_fault_tolerance import results, same_weights, start_sweeper, swe
 JOB = [*TINY, "degradation=bicubic", "degradation.gt_size=null", "dropout.position=none", "train.threads=1", "train.iterations=60",
        "train.scheduler.periods=[30,30]", "train.log_every=10", "train.val_every=30", "train.ckpt_every=10"]
 TWO = [*JOB, "train.gpus=2", "train.device=cpu"]
+# the uninterrupted 2-rank job runs in a local_parallel worker whose slot holds 2 (pretend) GPUs
+PARALLEL = ["launcher=local_parallel", "hydra.launcher.gpus=[3,5]", "hydra.launcher.max_parallel=1"]
 # 2 ranks vs 1 with the same global batch after 60 Adam steps (lr 1e-3). The losses of the global
 # batch agree to float rounding (measured: 7.3e-6 relative). The weights less so: Adam divides each
 # gradient by its own running scale, so a weight whose gradient is near 0 moves by up to lr per step
@@ -37,12 +39,13 @@ WEIGHT_ATOL = 2e-3
 
 @pytest.fixture(scope="module")
 def two_ranks(tmp_path_factory):
-    """The 2-rank job, uninterrupted: (its sweep folder, the sweeper's output)."""
+    """The 2-rank job, uninterrupted, in a local_parallel worker: (its sweep folder, its log)."""
     out = tmp_path_factory.mktemp("two")
     t0 = time.monotonic()
-    proc = run_sweeper(["-m", *TWO], out)
+    proc = run_sweeper(["-m", *TWO, *PARALLEL], out)
     print(f"2-rank job: {time.monotonic() - t0:.1f} s")
-    return sweep_dir(out), proc.stdout + proc.stderr
+    sweep = sweep_dir(out)
+    return sweep, proc.stdout + proc.stderr + "".join(p.read_text() for p in sweep.glob("*/*.log"))
 
 
 def losses(job_dir: Path) -> dict[int, float]:
@@ -66,6 +69,7 @@ def helpers_of(root: Path) -> list[int]:
 def test_a_two_rank_job_is_one_job_and_trains_as_one_rank_with_the_same_global_batch(tmp_path, two_ranks):
     sweep, out = two_ranks
     assert "2 ranks: rank 0 here" in out and "rank 1 pid" in out, out[-3000:]
+    assert "(slot 0, GPU 3,5)" in out, out[-3000:]  # the slot holds the job's 2 GPUs
     jobs = [d for d in sweep.iterdir() if d.is_dir() and not d.name.startswith(".")]
     assert len(jobs) == 1, jobs  # one result folder...
     job = jobs[0]

@@ -11,6 +11,11 @@ Both fix what the stock submitit launchers leave to the user (ECOSYSTEM.md):
 (``checkpoint`` resubmits the same job) and the job itself saves and resumes its state
 (``sweeper.preemption``). Before submitting it checks that a task fits on a node of its
 partition; while it waits it reports tasks that stay pending, and why (``slurm_queue``).
+
+A job on N GPUs (``train.gpus=N``, ``sweeper.ranks``) is N processes: ``local``/``local_parallel``
+run its rank 0, which starts the others (a ``local_parallel`` slot then holds N GPUs); ``slurm``
+submits it as one array task of N tasks (``tasks_per_node=N``, and ``gpus_per_node=N`` where the
+sweep asks for GPUs), task 0 the job, the others its helper ranks.
 """
 from __future__ import annotations
 
@@ -31,7 +36,7 @@ from hydra_plugins.sr_sweeper.worker_slots import WorkerSlots, failed_return, us
 from sweeper.fusion import parse_fuse
 from sweeper.jobstate import MANIFEST, STATUS, read_json, read_results
 from sweeper.naming import result_overrides
-from sweeper.preflight import check_slurm_request, slurm_request
+from sweeper.preflight import PreflightError, check_slurm_request, slurm_request
 from sweeper.status import NOT_OVER, cluster_states, job_key, live_tasks, record_slurm_tasks
 
 log = logging.getLogger(__name__)
@@ -61,6 +66,52 @@ def visible_gpus() -> list[str]:
         return [g for g in env.split(",") if g.strip()]
     import torch
     return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def requested_ranks(config) -> list[int]:
+    """The values of ``train.gpus`` a sweep asks for: the config's, and those of the command line's
+    ``train.gpus`` override, swept or not (read before any job is composed: for the pre-flight)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    values = {int(config.train.get("gpus") or 1)}
+    parser = OverridesParser.create()
+    for text in config.hydra.overrides.get("task", []):
+        if text.split("=", 1)[0].lstrip("+~") != "train.gpus":
+            continue
+        o = parser.parse_override(text)
+        values |= {int(v) for v in (o.sweep_string_iterator() if o.is_sweep_override() else [o.value()])}
+    return sorted(values)
+
+
+class JobRanks:
+    """The number of ranks (``train.gpus``) of each job of a sweep, from its overrides: an explicit
+    ``train.gpus=`` says it; otherwise the job's config says it, composed once per distinct set of
+    config-group choices (``preset=``, ``train=``, ``+experiment=``: what may set it)."""
+
+    def __init__(self, launcher):
+        self.launcher, self.cache = launcher, {}
+
+    def __call__(self, overrides: Sequence[str]) -> int:
+        for o in reversed(list(overrides)):
+            key, _, value = o.partition("=")
+            if key.lstrip("+~") == "train.gpus":
+                return int(value)
+        groups = tuple(o for o in overrides if "." not in o.partition("=")[0])
+        if groups not in self.cache:
+            cfg = self.launcher.hydra_context.config_loader.load_sweep_config(self.launcher.config, list(groups))
+            self.cache[groups] = int(cfg.train.get("gpus") or 1)
+        return self.cache[groups]
+
+
+def rank_params(params: dict, n: int) -> dict:
+    """SLURM options of one array task running a job on ``n`` ranks: ``n`` tasks on one node (each
+    with ``cpus_per_task``), and ``n`` GPUs where the sweep asks for GPUs (``gpus_per_node``)."""
+    if n == 1:
+        return dict(params)
+    out = {**params, "nodes": 1, "tasks_per_node": n}
+    if params.get("gpus_per_node"):
+        out["gpus_per_node"] = n
+    return out
 
 
 def run_group_task(launcher, overrides: list[list[str]], job_nums: list[int], singleton_state) -> list[JobReturn]:
@@ -137,9 +188,29 @@ class LocalParallelLauncher(Launcher):
         return run_job(hydra_context=self.hydra_context, task_function=self.task_function, config=sweep_config,
                        job_dir_key=job_dir_key, job_subdir_key="hydra.sweep.subdir")
 
-    def plan(self) -> tuple[int, list[str], int]:
-        """(cap on concurrent jobs, GPUs to hand out, CPU threads per job)."""
+    def preflight(self) -> None:
+        """A job on N GPUs needs N GPUs in its slot: every slot gets the same number, so a sweep
+        with GPUs runs one number of ranks (``train.gpus``), at most the GPUs it is given."""
+        ranks = requested_ranks(self.config)
         gpus = self.gpus if self.gpus is not None else visible_gpus()
+        if not gpus or ranks == [1]:
+            return
+        if len(ranks) > 1:
+            raise PreflightError(f"train.gpus takes several values ({', '.join(map(str, ranks))}) in this "
+                                 "launcher=local_parallel sweep: its slots all hold the same number of GPUs; run "
+                                 "one sweep per value")
+        if ranks[0] > len(gpus):
+            raise PreflightError(f"train.gpus={ranks[0]} but launcher=local_parallel has {len(gpus)} GPU(s) to "
+                                 f"hand out ({','.join(gpus)}; hydra.launcher.gpus or CUDA_VISIBLE_DEVICES): "
+                                 f"allowed: 1..{len(gpus)}")
+
+    def plan(self) -> tuple[int, list[str], int]:
+        """(cap on concurrent jobs, GPUs to hand out: one entry per slot's GPUs, CPU threads per job).
+        Jobs on N GPUs (``train.gpus``): each slot holds N of them ("0,1"), its job's ranks."""
+        gpus = self.gpus if self.gpus is not None else visible_gpus()
+        n = max(requested_ranks(self.config)) if self.config is not None else 1
+        if n > 1 and gpus:
+            gpus = [",".join(gpus[k:k + n]) for k in range(0, len(gpus) - n + 1, n)]
         cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
         cap = self.max_parallel or (len(gpus) * self.jobs_per_gpu if gpus else max(1, cpus // 2))
         if cap < 1:
@@ -218,12 +289,30 @@ class SlurmLauncher(BaseSubmititLauncher):
         self.detach = bool(detach)
 
     def preflight(self) -> None:
-        """Before anything is submitted: a task must fit on a node of its partition (``sinfo``);
-        raises ``sweeper.preflight.PreflightError``."""
+        """Before anything is submitted: a task must fit on a node of its partition (``sinfo``),
+        also a job's N tasks (``train.gpus=N``); raises ``sweeper.preflight.PreflightError``."""
         check_slurm_request(self.params)
+        for n in requested_ranks(self.config):
+            if n > 1:
+                try:
+                    check_slurm_request(rank_params(self.params, n))
+                except PreflightError as e:
+                    raise PreflightError(f"train.gpus={n} (one task per rank, on one node): {e}") from None
 
-    def __call__(self, pack: list[tuple], fused: bool = False) -> list[JobReturn]:
+    def __call__(self, pack: list[tuple], fused: bool = False, ranks: int = 1) -> list[JobReturn]:
         use_threads(self.params.get("cpus_per_task"))
+        if ranks > 1:  # one job on several tasks: task 0 runs it, the others are its helper ranks
+            import submitit
+
+            from sweeper.ranks import serve_slurm, slurm_task
+
+            env = submitit.JobEnvironment()
+            (job_args,) = pack
+            with slurm_task(env) as leader:
+                if not leader:
+                    serve_slurm(env)
+                    return []
+                return [super().__call__(*job_args)]
         if fused:  # one fused group: its jobs train together in this task
             return run_group_task(self, [list(a[0]) for a in pack], [a[2] for a in pack], pack[0][4])
         returns = []
@@ -253,8 +342,14 @@ class SlurmLauncher(BaseSubmititLauncher):
             log.info("slurm: %d of %d jobs are already queued or running on the cluster (%s): not submitted again",
                      len(queued), len(keys), ", ".join(sorted({live[keys[i]][0] for i in queued})))
         todo = [i for i in range(len(job_overrides)) if i not in queued]
-        tasks, packs = self._submit(sweep_dir, [(i, job_overrides[i]) for i in todo], initial_job_idx,
-                                    [[i for i in g if i not in queued] for g in fused])
+        ranks_of = JobRanks(self)
+        ranks = {i: ranks_of(job_overrides[i]) for i in todo}
+        tasks, packs = [], []
+        for n in sorted(set(ranks.values())):  # one job array per number of ranks (its tasks per array task)
+            some = [i for i in todo if ranks[i] == n]
+            t, p = self._submit(sweep_dir, [(i, job_overrides[i]) for i in some], initial_job_idx,
+                                [[i for i in g if i not in queued and ranks.get(i) == n] for g in fused], ranks=n)
+            tasks, packs = tasks + t, packs + p
         if self.detach:
             log.info("slurm: detached; the jobs run without this process. Follow them with `python -m "
                      "sweeper.status %s`; run the same command again to wait for them or resubmit failed ones",
@@ -275,10 +370,10 @@ class SlurmLauncher(BaseSubmititLauncher):
         return [results[i] for i in range(len(job_overrides))]
 
     def _submit(self, sweep_dir: Path, jobs: list[tuple[int, Sequence[str]]], initial_job_idx: int,
-                fused: Sequence[Sequence[int]] = ()):
+                fused: Sequence[Sequence[int]] = (), ranks: int = 1):
         """One job array for ``jobs`` ((index, overrides) pairs): each of the ``fused`` groups (job
         indices) one task, the other jobs ``jobs_per_task`` per task: (the tasks, the job indices
-        of each)."""
+        of each). Jobs on ``ranks`` > 1 ranks: one job per array task of ``ranks`` SLURM tasks."""
         if not jobs:
             return [], []
         import submitit
@@ -289,23 +384,26 @@ class SlurmLauncher(BaseSubmititLauncher):
         executor = submitit.AutoExecutor(cluster="slurm", folder=self.params["submitit_folder"],
                                          slurm_max_num_timeout=self.params.get("max_num_timeout", 0))
         base = set(OmegaConf.structured(BaseQueueConf).keys())
-        executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in self.params.items()
+        params = rank_params(self.params, ranks)
+        executor.update_parameters(**{k if k in base else f"slurm_{k}": v for k, v in params.items()
                                       if k not in init_keys})
         args = {i: (list(o), "hydra.sweep.dir", initial_job_idx + i, f"job_id_for_{initial_job_idx + i}",
                     Singleton.get_state()) for i, o in jobs}
         groups = [list(g) for g in fused if len(g) > 1]
         alone = [i for i, _ in jobs if not any(i in g for g in groups)]
-        k = self.jobs_per_task
+        k = self.jobs_per_task if ranks == 1 else 1
         index_packs = groups + [alone[n:n + k] for n in range(0, len(alone), k)]
         packs = [[args[i] for i in pack] for pack in index_packs]
-        tasks = executor.map_array(self, packs, [True] * len(groups) + [False] * (len(index_packs) - len(groups)))
-        log.info("slurm: submitted %d jobs as array %s (%d tasks%s)", len(args),
+        tasks = executor.map_array(self, packs, [True] * len(groups) + [False] * (len(index_packs) - len(groups)),
+                                   [ranks] * len(index_packs))
+        log.info("slurm: submitted %d jobs as array %s (%d tasks%s%s)", len(args),
                  tasks[0].job_id.split("_")[0] if tasks else "-", len(tasks),
-                 f"; {len(groups)} fused groups" if groups else "")
+                 f"; {len(groups)} fused groups" if groups else "",
+                 f"; each a job on {ranks} ranks, {ranks} SLURM tasks" if ranks > 1 else "")
         # for `python -m sweeper.status` and the next driver: which task runs each job
         record_slurm_tasks(sweep_dir, {job_key(result_overrides(job_args[0])): task.job_id
                                        for task, pack in zip(tasks, packs) for job_args in pack},
-                           slurm_request(self.params))
+                           slurm_request(params))
         return tasks, index_packs
 
 
