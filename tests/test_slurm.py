@@ -318,3 +318,69 @@ def test_a_fused_group_is_one_task_preempted_requeued_and_resumed(tmp_path):
     for name, r in results(ref).items():
         assert done[name]["metrics"] == r["metrics"], name
         assert same_weights(sweep / name, ref / name)
+
+
+def test_a_job_on_two_ranks_is_one_array_task_of_two_tasks_preempted_requeued_and_resumed(tmp_path):
+    """Issue 27: train.gpus=2 (gloo ranks on the CPU) is one array task of 2 SLURM tasks (task 0 the
+    job, task 1 its helper rank); SIGUSR2 reaches both, they stop at the same iteration, task 0
+    saves and submitit requeues; the requeued job resumes to the result of the same 2-rank job run
+    uninterrupted on this machine."""
+    two = ["degradation=bicubic", "train.gpus=2", "train.device=cpu", "train.iterations=120",
+           "train.scheduler.periods=[60,60]", "train.log_every=10", "train.val_every=60", "train.ckpt_every=20"]
+    proc = start_sweeper(["-m", *TINY, *two, *SLURM], tmp_path / "slurm")
+    try:
+        deadline = time.monotonic() + 120
+        while not list((tmp_path / "slurm").glob("sweeps/*/jobs.json")):
+            assert time.monotonic() < deadline and proc.poll() is None, proc.stdout.read()
+            time.sleep(0.1)
+        sweep = sweep_dir(tmp_path / "slurm")
+        (job,) = [sweep / j["name"] for j in json.loads((sweep / "jobs.json").read_text())["jobs"]]
+        deadline = time.monotonic() + 180
+        while read_status(job).get("iteration", 0) < 10:
+            assert time.monotonic() < deadline, "the job never reached iteration 10"
+            time.sleep(0.05)
+        task = task_id(read_status(job))
+        steps = subprocess.run(["squeue", "-h", "-s", "-j", task.split("_")[0], "-o", "%i %N"], capture_output=True,
+                               text=True).stdout
+        signaller = subprocess.Popen(["scancel", "--signal=USR2", task], stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 180
+        while read_status(job).get("attempt") != 2:
+            assert time.monotonic() < deadline, "the preempted job was never restarted"
+            if read_status(job).get("state") == "interrupted":
+                signaller.kill()
+                signaller.wait()
+            state, reason = squeue_state(task)
+            if state == "PENDING" and reason == "BeginTime" and signaller.poll() is not None:
+                subprocess.run(["scontrol", "update", f"JobId={task}", "StartTime=now"], check=False)
+            time.sleep(0.1)
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        if "signaller" in locals() and signaller.poll() is None:
+            signaller.kill()
+    assert proc.returncode == 0, out[-3000:]
+    assert "each a job on 2 ranks, 2 SLURM tasks" in out and "sweep: all 1 jobs done" in out, out[-3000:]
+    logs = {p.name: p.read_text() for p in (sweep / ".submitit").rglob("*_log.*")}
+    task1 = "".join(text for name, text in logs.items() if "_1_log." in name)  # the helper rank's task
+    assert "received SIGUSR2" in task1, (sorted(logs), steps)
+    (done,) = results(sweep).values()
+    assert done["attempt"] == 2
+    log = "".join(p.read_text() for p in job.glob("*.log"))
+    assert "rank 0 of 2 on cpu (gloo)" in log and "resumed from" in log, log[-3000:]
+    # the same 2-rank job uninterrupted on this machine, 1 thread per rank as on SLURM: the same end
+    run_sweeper(["-m", *TINY, *two, "train.threads=1"], tmp_path / "ref")
+    (ref,) = results(sweep_dir(tmp_path / "ref")).values()
+    assert done["metrics"] == ref["metrics"]
+    assert same_weights(job, sweep_dir(tmp_path / "ref") / ref["job"])
+
+
+def test_a_job_on_more_ranks_than_a_node_has_cpus_for_fails_in_preflight(tmp_path):
+    """train.gpus=N asks one node for N tasks of cpus_per_task each: the 2-CPU node cannot run 3."""
+    proc = run_sweeper(["-m", *TINY, *SLURM, "train.gpus=3", "train.batch_size=6", "train.device=cpu"], tmp_path,
+                       check=False)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("error: train.gpus=3 (one task per rank, on one node): launcher=slurm: each task asks for "
+                           "3 CPUs"), line
+    assert not list(tmp_path.glob("sweeps/*/.submitit"))
