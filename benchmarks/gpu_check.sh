@@ -26,6 +26,9 @@
 # 5. with SHARE=1, jobs_per_gpu scaling: 1, 2 and 4 SRResNet jobs sharing the GPU (total it/s);
 # 6. fused groups (FUSE=0 skips): 8 SRResNet seeds at the paper's batch, bf16, FUSE_ITERS (300) each, as one fused
 #    group, one by one (fuse=off) and 4 per GPU (local_parallel jobs_per_gpu=4): total images/s.
+# 7. one job on 2 GPUs (train.gpus=2, DistributedDataParallel) vs the same job on 1, the same global
+#    batch (bicubic, no dropout: the same crops), RANKS_ITERS (1000) each: it/s, images/s, final loss
+#    and their relative gap; "skipped: 1 GPU" on a machine with fewer than 2 (--cpu-smoke: 2 gloo CPU ranks).
 # FULL=1 adds tf32, fp16 and torch.compile to step 2's matrix (several more minutes).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -146,4 +149,56 @@ if [ "${FUSE:-1}" = 1 ]; then
   done
 fi
 
+echo "== 7. one job on 2 GPUs (train.gpus=2) vs 1, the same global batch" >&2
+: >"$OUT/ranks.jsonl"
+if [ $SMOKE = 1 ]; then NGPU=cpu; else NGPU=$("$PY" -c "import torch; print(torch.cuda.device_count())"); fi
+if [ "$NGPU" = cpu ] || [ "$NGPU" -ge 2 ]; then
+  if [ $SMOKE = 1 ]; then RITERS=20; RJOB=("${SMALL[@]}"); else
+    RITERS=${RANKS_ITERS:-1000}; RJOB=(train.precision=fp32 eval.max_images=1 "eval.degradations=[clean]"); fi
+  for n in 1 2; do
+    start=$(date +%s)
+    set +e
+    SR_OUTPUT_ROOT="$OUT/ranks$n" timeout "$JOB_TIMEOUT" "$PY" -m sweeper "${RJOB[@]}" degradation=bicubic degradation.gt_size=null \
+      dropout.position=none train.gpus=$n train.device="$DEVICE" train.iterations=$RITERS "train.scheduler.periods=[$RITERS]" \
+      "train.scheduler.restart_weights=[1]" train.val_every=$RITERS train.ckpt_every=$RITERS \
+      train.log_every=$(( RITERS / 4 > 0 ? RITERS / 4 : 1 )) logger.mode=disabled sweep_name=ranks$n >"$OUT/ranks$n.log" 2>&1
+    rc=$?
+    set -e
+    echo "{\"gpus\": $n, \"rc\": $rc, \"wall_s\": $(( $(date +%s) - start ))}" >>"$OUT/ranks.jsonl"
+    tail -2 "$OUT/ranks$n.log" >&2
+  done
+fi
+
 "$PY" benchmarks/gpu_report.py "$OUT"
+
+echo
+if [ "$NGPU" = cpu ] || [ "$NGPU" -ge 2 ]; then
+  "$PY" - "$OUT" "$NGPU" <<'PYEOF'
+import json, re, sys
+from pathlib import Path
+
+out, ngpu = Path(sys.argv[1]), sys.argv[2]
+unit = "CPU ranks (gloo)" if ngpu == "cpu" else "GPUs"
+print(f"| one job on N {unit}, the same global batch | rc | it/s (training) | images/s | final loss | wall s |")
+print("|---|---|---|---|---|---|")
+losses = {}
+for row in map(json.loads, (out / "ranks.jsonl").read_text().splitlines()):
+    n = row["gpus"]
+    log = (out / f"ranks{n}.log").read_text()
+    found = re.findall(r"iter (\d+)/(\d+)\s+loss ([0-9.eE+-]+)", log)
+    res = next((out / f"ranks{n}").glob("runs/*/results.json"), None)
+    if row["rc"] != 0 or res is None or not found:
+        print(f"| train.gpus={n} | {row['rc']} | **failed** (see ranks{n}.log) | - | - | {row['wall_s']} |")
+        continue
+    r = json.loads(res.read_text())
+    iters, batch = r["config"]["train"]["iterations"], r["config"]["train"]["batch_size"]
+    losses[n] = float(found[-1][2])
+    it_s = iters / r["train_seconds"]
+    print(f"| train.gpus={n} | 0 | {it_s:.1f} | {it_s * batch:.0f} | {losses[n]:.5f} | {row['wall_s']} |")
+if len(losses) == 2:
+    print(f"\nfinal loss, 2 ranks vs 1: relative gap {abs(losses[2] - losses[1]) / abs(losses[1]):.2e} (of the logged 4 decimals)")
+PYEOF
+else
+  [ "$NGPU" = 1 ] && what="1 GPU" || what="$NGPU GPUs"
+  echo "| one job on 2 GPUs (train.gpus=2) | skipped: $what |"
+fi
