@@ -143,7 +143,11 @@ def _validate_gpus(cfg: DictConfig) -> None:
     if device.startswith("cuda:"):
         raise PreflightError(f"train.device={device!r} names one GPU but train.gpus={n} takes {n}, one per rank: use "
                              "train.device=cuda or auto (choose the GPUs with CUDA_VISIBLE_DEVICES)")
+    import os
+
     import torch
+    if int(os.environ.get("SLURM_NTASKS") or 1) > 1:
+        return  # a task of a job on N SLURM tasks: the allocation holds its GPUs (a task may see only its own)
     if device == "cuda" or (device == "auto" and torch.cuda.is_available()):
         visible = torch.cuda.device_count()
         if n > visible:
