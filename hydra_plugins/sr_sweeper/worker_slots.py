@@ -90,7 +90,8 @@ def worker_main(conn, device: str | None, threads: int | None, log_path: str) ->
 
 class WorkerSlots:
     """The worker processes, one per slot: slot k runs on GPU ``gpus[k % len(gpus)]`` (round-robin;
-    none without GPUs) and writes its output to ``<logs>/slot<k>.log``."""
+    none without GPUs) and writes its output to ``<logs>/slot<k>.log``. An entry may hold several
+    GPUs ("0,1": the slot of a job on 2 GPUs, ``train.gpus``; its rank 0 starts the other ranks)."""
 
     def __init__(self, gpus: list[str], threads: int, logs: Path):
         import multiprocessing as mp
