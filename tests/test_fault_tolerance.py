@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 
 from hydra_plugins.sr_sweeper.launchers import final_state
@@ -287,3 +288,37 @@ def test_a_slurm_task_given_up_on_is_collected_as_its_packs_results_or_failures(
     failed = launchers.collect(Task(RuntimeError("no result")), pack)
     assert [r.overrides for r in failed] == pack and all(r.status == JobStatus.FAILED for r in failed)
     assert "state: CANCELLED by 0" in str(job_error(failed[1]))
+
+
+def test_a_task_that_looks_over_while_being_requeued_is_waited_for(tmp_path):
+    """Seen in CI: right after a preempted attempt's `scontrol requeue`, sacct reported the task
+    over (no result file yet) and the driver failed both jobs of a fused group that the requeued
+    attempt then finished. wait_for_result asks sacct afresh before giving up: a task back in the
+    queue is waited for; one that stays over without a result still fails, after the grace."""
+    import submitit
+
+    from hydra_plugins.sr_sweeper.launchers import wait_for_result
+
+    class Task:
+        job_id = "14_0"
+
+        def __init__(self, fresh_states, result_after):
+            self.fresh, self.calls, self.result_after = list(fresh_states), 0, result_after
+            self.paths = type("P", (), {"result_pickle": tmp_path / "none.pkl"})()
+            self.state = "FAILED"  # what submitit's cached sacct says: the old attempt
+
+        def results(self):
+            self.calls += 1
+            if self.calls > self.result_after:
+                return ["done"]
+            raise submitit.core.utils.UncompletedJobError("has not produced any output")
+
+        def get_info(self, mode="force"):
+            return {"State": self.fresh.pop(0) if len(self.fresh) > 1 else self.fresh[0]}
+
+    requeued = Task(["FAILED", "PENDING"], result_after=1)
+    assert wait_for_result(requeued, poll_s=0, grace_s=5) == "done" and requeued.calls == 2
+    over = Task(["COMPLETED"], result_after=99)
+    with pytest.raises(submitit.core.utils.UncompletedJobError):
+        wait_for_result(over, poll_s=0, grace_s=0.05)
+    assert over.calls == 1

@@ -53,6 +53,10 @@ def collect(task, overrides: Sequence[Sequence[str]]) -> list[JobReturn]:
             state = final_state(task)  # e.g. "CANCELLED by 0", "TIMEOUT", "OUT_OF_MEMORY"
         except Exception:  # noqa: BLE001 - the state is only a detail of the message
             state = "UNKNOWN"
+        try:  # the result may have come while final_state waited for accounting (a requeued attempt's)
+            return task.results()[0]
+        except Exception:  # noqa: BLE001 - still none: the first error says why
+            pass
         detail = " ".join(str(e).split())
         error = RuntimeError(f"job process ended without a result (state: {state}); logs: {task.paths.stderr}; "
                              f"submitit: {detail}")
@@ -445,10 +449,27 @@ def final_state(job, wait_s: float = 30.0, poll_s: float = 1.0) -> str:
         time.sleep(poll_s)
 
 
-def wait_for_result(task, poll_s: float = 5.0, patience_s: float = 600.0):
+def back_in_queue(task, grace_s: float = 30.0, poll_s: float = 2.0) -> bool:
+    """Whether a task that looks over without a result is in fact being requeued. Between the
+    ``scontrol requeue`` of a preempted attempt and the requeued one, sacct can report the old
+    attempt as over (FAILED, COMPLETED...) for a few seconds: ask it afresh for ``grace_s``.
+    True as soon as the task is queued or running again, or its result file is there."""
+    deadline = time.monotonic() + grace_s
+    while True:
+        if task.paths.result_pickle.exists():
+            return True
+        state = state_word(task.get_info(mode="force").get("State") or "UNKNOWN")
+        if state in NOT_OVER - {"UNKNOWN"}:
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(poll_s)
+
+
+def wait_for_result(task, poll_s: float = 5.0, patience_s: float = 600.0, grace_s: float = 30.0):
     """``task.result()``, but submitit can give up on a job that is only being requeued (its
-    result file is missing while sacct briefly reports the requeue): keep waiting while
-    SLURM says the job is not over."""
+    result file is missing while sacct briefly reports the requeue, even as a final state):
+    keep waiting while SLURM says the job is not over, or is again within ``grace_s``."""
     import submitit
 
     deadline = None
@@ -458,7 +479,11 @@ def wait_for_result(task, poll_s: float = 5.0, patience_s: float = 600.0):
         except submitit.core.utils.UncompletedJobError:
             state = state_word(task.state)
             if state not in NOT_OVER:
-                raise
+                if not back_in_queue(task, grace_s):
+                    raise
+                log.info("slurm: task %s looked %s without a result, but is back in the queue: waiting",
+                         task.job_id, state)
+                continue
             # UNKNOWN can also mean accounting lost the job: do not wait for ever
             deadline = deadline or (time.monotonic() + patience_s if state == "UNKNOWN" else None)
             if deadline and time.monotonic() > deadline:
