@@ -29,7 +29,7 @@ demo: setup
 	@$(PY) -m analysis.summary $(DEMO_SWEEP) --baseline degradation=bicubic
 
 test: setup
-	$(PY) -m pytest -m "not slow" -q
+	$(PY) -m pytest -m "not slow" -q --durations=30
 
 test-slow: setup
 	$(PY) -m pytest -m slow -q
