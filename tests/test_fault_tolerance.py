@@ -97,6 +97,7 @@ def test_sigusr2_saves_the_state_and_the_rerun_ends_bit_identical(tmp_path):
     assert same_weights(job, sweep_dir(tmp_path / "ref") / job.name)
 
 
+@pytest.mark.slow  # make test-slow: the default suite stays under ~15 min (CI: 2 cores)
 def test_sigkill_at_a_random_point_then_rerun_gives_the_uninterrupted_metrics(tmp_path):
     grid = ["-m", *LONG, "dropout.p=0.1,0.5"]
     t0 = time.monotonic()
@@ -182,6 +183,7 @@ def test_job_labels_keep_only_the_overrides_that_vary():
     assert job_labels([["a=1"]]) == ["a=1"]
 
 
+@pytest.mark.slow  # make test-slow: the default suite stays under ~15 min (CI: 2 cores)
 def test_local_parallel_a_killed_worker_fails_only_its_job(tmp_path):
     args = ["-m", *LONG, "dropout.p=0.1,0.2,0.3", "launcher=local_parallel", "hydra.launcher.max_parallel=1",
             "hydra.launcher.fuse=off"]
@@ -201,6 +203,7 @@ def test_local_parallel_a_killed_worker_fails_only_its_job(tmp_path):
     assert job_state(first)[0] == "failed"
 
 
+@pytest.mark.slow  # make test-slow: the default suite stays under ~15 min (CI: 2 cores)
 def test_a_job_killed_under_a_parent_that_used_wandb_reruns(tmp_path):
     """wandb exports its service's address (WANDB_SERVICE) to child processes. A job must not
     log through its launcher's service: killed, it would leave its run id registered there
@@ -322,3 +325,7 @@ def test_a_task_that_looks_over_while_being_requeued_is_waited_for(tmp_path):
     with pytest.raises(submitit.core.utils.UncompletedJobError):
         wait_for_result(over, poll_s=0, grace_s=0.05)
     assert over.calls == 1
+    cancelled = Task(["PENDING"], result_after=99)
+    cancelled.state = "CANCELLED by 0"  # a scancel is final: no grace, no fresh sacct call
+    with pytest.raises(submitit.core.utils.UncompletedJobError):
+        wait_for_result(cancelled, poll_s=0, grace_s=60)

@@ -44,6 +44,7 @@ def test_a_study_survives_a_nan_and_a_raising_trial_and_a_rerun_adds_trials(tmp_
     assert (sweep / "trials.csv").read_text().count("\n") == 11
 
 
+@pytest.mark.slow  # make test-slow: the default suite stays under ~15 min (CI: 2 cores)
 def test_pruning_stops_hopeless_trials_early(tmp_path):
     args = ["-m", *OPTUNA, *TINY, "train.iterations=40", "train.val_every=4", "train.log_every=20",
             "train.ckpt_every=20", "dropout.p=interval(0.05,0.95)", "train.lr=tag(log,interval(1e-4,3e-2))",
@@ -61,6 +62,7 @@ def test_pruning_stops_hopeless_trials_early(tmp_path):
     assert not list(sweep.glob("*/results.json")) or len(list(sweep.glob("*/results.json"))) < 6
 
 
+@pytest.mark.slow  # make test-slow: the default suite stays under ~15 min (CI: 2 cores)
 def test_two_trials_run_concurrently_under_local_parallel_on_one_storage(tmp_path):
     args = ["-m", *OPTUNA, *TINY, "train.iterations=24", "train.val_every=4", "dropout.p=interval(0.05,0.95)",
             "hydra.sweeper.n_trials=4", "hydra.sweeper.n_jobs=2", "launcher=local_parallel",

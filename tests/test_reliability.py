@@ -77,6 +77,7 @@ def test_a_test_image_too_small_for_the_protocol_fails_in_preflight(tmp_path):
     validate_config(compose([f"+data.test_sets.mine={folder}", "eval.max_images=1"]))  # only fine.png
 
 
+@pytest.mark.slow  # make test-slow: the default suite stays under ~15 min (CI: 2 cores)
 def test_a_truncated_results_file_does_not_mark_a_job_done(tmp_path):
     """D: an empty or truncated results.json is a job to run again, for the sweep, the status
     reader and a single run alike."""

@@ -11,6 +11,7 @@ import sys
 import time
 
 import numpy as np
+import pytest
 import torch
 
 from analysis.runs import runs_frame
@@ -49,6 +50,7 @@ def _big_test_set(folder, n=40):
     return folder
 
 
+@pytest.mark.slow  # make test-slow: the default suite stays under ~15 min (CI: 2 cores)
 def test_a_stop_signal_during_evaluation_stops_the_job_and_the_rerun_keeps_what_was_scored(tmp_path):
     """A: SIGUSR2 while the job evaluates: it stops between two images, saying so, keeps the scored
     images, and the rerun ends with the uninterrupted job's metrics."""

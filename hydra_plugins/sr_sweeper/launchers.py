@@ -449,6 +449,10 @@ def final_state(job, wait_s: float = 30.0, poll_s: float = 1.0) -> str:
         time.sleep(poll_s)
 
 
+# sacct states no requeue passes through: the task is over, at once
+ENDS_FOR_GOOD = {"CANCELLED", "OUT_OF_MEMORY", "DEADLINE", "BOOT_FAIL"}
+
+
 def back_in_queue(task, grace_s: float = 30.0, poll_s: float = 2.0) -> bool:
     """Whether a task that looks over without a result is in fact being requeued. Between the
     ``scontrol requeue`` of a preempted attempt and the requeued one, sacct can report the old
@@ -479,7 +483,8 @@ def wait_for_result(task, poll_s: float = 5.0, patience_s: float = 600.0, grace_
         except submitit.core.utils.UncompletedJobError:
             state = state_word(task.state)
             if state not in NOT_OVER:
-                if not back_in_queue(task, grace_s):
+                # a cancel or the memory limit is what it says; the grace is for a requeue's flicker
+                if state in ENDS_FOR_GOOD or not back_in_queue(task, grace_s):
                     raise
                 log.info("slurm: task %s looked %s without a result, but is back in the queue: waiting",
                          task.job_id, state)
