@@ -50,6 +50,32 @@ def squeue_state(job: str) -> tuple[str, str]:
     return (out[0], out[1]) if len(out) >= 2 else ("", "")
 
 
+def preempt_until_restarted(job_dir, task: str, while_waiting=lambda: None, timeout: float = 180) -> None:
+    """Preempt a running task as SLURM does (SIGUSR2 through submitit: the job saves, then
+    ``scontrol requeue``) and wait until ``job_dir``'s job runs its second attempt. The signaller
+    is stopped once the job says it was interrupted (scancel keeps retrying its other steps, which
+    would signal the restarted job too); then the requeued task, which SLURM holds ~2 min
+    (BeginTime), is released so the test stays short."""
+    signaller = subprocess.Popen(["scancel", "--signal=USR2", task], stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + timeout
+        while read_status(job_dir).get("attempt") != 2:
+            assert time.monotonic() < deadline, f"{job_dir.name}: the preempted task {task} was never restarted"
+            while_waiting()
+            if read_status(job_dir).get("state") == "interrupted":
+                signaller.kill()
+                signaller.wait()
+            state, reason = squeue_state(task)
+            # released only once the signaller is gone: the job may requeue between the two reads
+            if state == "PENDING" and reason == "BeginTime" and signaller.poll() is not None:
+                subprocess.run(["scontrol", "update", f"JobId={task}", "StartTime=now"], check=False)
+            time.sleep(0.1)
+    finally:
+        if signaller.poll() is None:
+            signaller.kill()
+            signaller.wait()
+
+
 # log_every=1: a wandb call in every iteration, so a signal that ends wandb's service hits one
 SCHEDULE = ["train.iterations=300", "train.scheduler.periods=[150,150]", "train.log_every=1", "train.val_every=100",
             "train.ckpt_every=50"]
@@ -88,21 +114,7 @@ def test_job_array_with_a_requeued_and_a_cancelled_job(tmp_path):
             cancel_once_running()
             time.sleep(0.05)
         preempted = task_id(read_status(jobs["0.1"]))
-        # (not waited for: scancel keeps retrying its other steps after the job requeued itself)
-        signaller = subprocess.Popen(["scancel", "--signal=USR2", preempted], stderr=subprocess.DEVNULL)
-        # SLURM holds a requeued job ~2 min (BeginTime); release it so the test stays short.
-        deadline = time.monotonic() + 180
-        while read_status(jobs["0.1"]).get("attempt") != 2:
-            assert time.monotonic() < deadline, "the preempted job was never restarted"
-            cancel_once_running()
-            if read_status(jobs["0.1"]).get("state") == "interrupted":
-                signaller.kill()  # or its retries would signal the restarted job too
-                signaller.wait()
-            state, reason = squeue_state(preempted)
-            # released only once the signaller is gone: the job may requeue between the two reads
-            if state == "PENDING" and reason == "BeginTime" and signaller.poll() is not None:
-                subprocess.run(["scontrol", "update", f"JobId={preempted}", "StartTime=now"], check=False)
-            time.sleep(0.1)
+        preempt_until_restarted(jobs["0.1"], preempted, while_waiting=cancel_once_running)
 
         deadline = time.monotonic() + 300
         while cancelled is None:
@@ -113,8 +125,6 @@ def test_job_array_with_a_requeued_and_a_cancelled_job(tmp_path):
     finally:
         if proc.poll() is None:
             proc.kill()
-        if "signaller" in locals() and signaller.poll() is None:
-            signaller.kill()
     assert proc.returncode == 1, out[-3000:]
     assert "error: 1 of 4 jobs failed (3 done)" in out
     assert "job [dropout.p=0.4]" in out and "CANCELLED" in out, out[-3000:]
@@ -291,23 +301,11 @@ def test_a_fused_group_is_one_task_preempted_requeued_and_resumed(tmp_path):
             time.sleep(0.05)
         task = task_id(read_status(jobs[0]))
         assert task_id(read_status(jobs[1])) == task  # one array task runs both
-        signaller = subprocess.Popen(["scancel", "--signal=USR2", task], stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 180
-        while read_status(jobs[0]).get("attempt") != 2:
-            assert time.monotonic() < deadline, "the preempted group was never restarted"
-            if read_status(jobs[0]).get("state") == "interrupted":
-                signaller.kill()
-                signaller.wait()
-            state, reason = squeue_state(task)
-            if state == "PENDING" and reason == "BeginTime" and signaller.poll() is not None:
-                subprocess.run(["scontrol", "update", f"JobId={task}", "StartTime=now"], check=False)
-            time.sleep(0.1)
+        preempt_until_restarted(jobs[0], task)
         out, _ = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
             proc.kill()
-        if "signaller" in locals() and signaller.poll() is None:
-            signaller.kill()
     assert proc.returncode == 0, out[-3000:]
     assert "1 fused groups" in out and "sweep: all 2 jobs done" in out, out[-3000:]
     done = results(sweep)
@@ -342,23 +340,11 @@ def test_a_job_on_two_ranks_is_one_array_task_of_two_tasks_preempted_requeued_an
         task = task_id(read_status(job))
         steps = subprocess.run(["squeue", "-h", "-s", "-j", task.split("_")[0], "-o", "%i %N"], capture_output=True,
                                text=True).stdout
-        signaller = subprocess.Popen(["scancel", "--signal=USR2", task], stderr=subprocess.DEVNULL)
-        deadline = time.monotonic() + 180
-        while read_status(job).get("attempt") != 2:
-            assert time.monotonic() < deadline, "the preempted job was never restarted"
-            if read_status(job).get("state") == "interrupted":
-                signaller.kill()
-                signaller.wait()
-            state, reason = squeue_state(task)
-            if state == "PENDING" and reason == "BeginTime" and signaller.poll() is not None:
-                subprocess.run(["scontrol", "update", f"JobId={task}", "StartTime=now"], check=False)
-            time.sleep(0.1)
+        preempt_until_restarted(job, task)
         out, _ = proc.communicate(timeout=600)
     finally:
         if proc.poll() is None:
             proc.kill()
-        if "signaller" in locals() and signaller.poll() is None:
-            signaller.kill()
     assert proc.returncode == 0, out[-3000:]
     assert "each a job on 2 ranks, 2 SLURM tasks" in out and "sweep: all 1 jobs done" in out, out[-3000:]
     logs = {p.name: p.read_text() for p in (sweep / ".submitit").rglob("*_log.*")}
